@@ -1,0 +1,1 @@
+"""Operator logs, audit events and in-memory counters."""
