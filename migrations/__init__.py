@@ -1,0 +1,1 @@
+"""Alembic migration history of swim-as (shipped as ``swim_as.migrations``)."""

@@ -1,0 +1,110 @@
+"""Client rows in SQL: the repository behind the client services."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from swim_as.clients.model import Client
+from swim_as.storage.db import Database, Transaction
+from swim_as.storage.models import ClientRow
+
+
+def to_client(row: ClientRow) -> Client:
+    return Client(
+        client_id=row.client_id,
+        auth_method=row.auth_method,
+        spiffe_id=row.spiffe_id,
+        metadata=dict(row.client_metadata),
+        granted_scopes=frozenset(row.granted_scopes or ()),
+        disabled=row.disabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        created_by=row.created_by,
+    )
+
+
+class SqlClientRepository:
+    """Reads and writes clients; writes run inside a caller's transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, client_id: str) -> Client | None:
+        async with self._db.reading() as session:
+            row = await session.get(ClientRow, client_id)
+            return to_client(row) if row is not None else None
+
+    async def get_stored(self, client_id: str) -> ClientRow | None:
+        """The row itself (with the token hash), detached, for checks."""
+        async with self._db.reading() as session:
+            return await session.get(ClientRow, client_id)
+
+    async def get_row(self, tx: Transaction, client_id: str) -> ClientRow | None:
+        return await tx.session.get(ClientRow, client_id, with_for_update=True)
+
+    async def wildcard_clients(self) -> list[Client]:
+        """Clients whose ``spiffe_id`` ends in ``/*``."""
+        async with self._db.reading() as session:
+            rows = await session.scalars(
+                select(ClientRow).where(ClientRow.spiffe_id.like("%/*"))
+            )
+            return [to_client(r) for r in rows.all()]
+
+    async def list(
+        self, *, prefix: str | None = None, limit: int = 1000
+    ) -> Sequence[Client]:
+        async with self._db.reading() as session:
+            query = select(ClientRow).order_by(ClientRow.client_id).limit(limit)
+            if prefix:
+                query = query.where(
+                    ClientRow.client_id.startswith(prefix, autoescape=True)
+                )
+            rows = await session.scalars(query)
+            return [to_client(r) for r in rows.all()]
+
+    async def insert_if_absent(self, tx: Transaction, values: dict[str, Any]) -> bool:
+        """Insert a client unless its ``client_id`` exists; True if inserted.
+
+        The database decides (``ON CONFLICT DO NOTHING``), so two racing
+        registrations of one SPIFFE ID create exactly one row.
+        """
+        insert = pg_insert if self._db.is_postgres else sqlite_insert
+        statement = (
+            insert(ClientRow)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[ClientRow.client_id])
+        )
+        result = await tx.session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def update_fields(
+        self, tx: Transaction, client_id: str, **values: Any
+    ) -> bool:
+        result = await tx.session.execute(
+            update(ClientRow).where(ClientRow.client_id == client_id).values(**values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def delete(self, tx: Transaction, client_id: str) -> bool:
+        result = await tx.session.execute(
+            delete(ClientRow).where(ClientRow.client_id == client_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def touch_many(self, tx: Transaction, seen: dict[str, datetime]) -> None:
+        """Record when clients last obtained a token (batched)."""
+        for client_id, at in seen.items():
+            await tx.session.execute(
+                update(ClientRow)
+                .where(ClientRow.client_id == client_id)
+                .where(
+                    (ClientRow.last_seen_at.is_(None)) | (ClientRow.last_seen_at < at)
+                )
+                .values(last_seen_at=at)
+            )

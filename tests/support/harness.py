@@ -1,0 +1,160 @@
+"""A real swim-as on a real TLS socket, in the test's event loop.
+
+:func:`running_server` writes a configuration (as an operator would), runs
+the migrations on the given database, and serves the application through
+swim-as's own runner on a free loopback port with the server certificate of
+the test PKI. Tests talk to it with ``httpx.AsyncClient`` over mTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from swim_as.app import build_services, create_app
+from swim_as.process import MIN_VERSION
+from swim_as.server import serving
+from swim_as.settings import Settings
+from swim_as.storage.migrate import upgrade
+from swim_as.tls import TlsContextManager
+from tests.support.pki import Authority, Svid
+
+
+class OffsetClock:
+    """The real clock, moved by ``advance`` (for expiry tests)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time(), UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass
+class TestPki:
+    folder: Path
+    web: Authority
+    server: Svid
+    example: Authority
+    other: Authority
+
+
+@dataclass
+class Running:
+    """A swim-as serving on 127.0.0.1."""
+
+    issuer: str
+    settings: Settings
+    services: Any
+    tls: TlsContextManager
+    clock: OffsetClock
+    pki: TestPki
+
+    def client(self, svid: Svid | None = None, **options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            verify=client_context(self.pki, svid), timeout=10, **options
+        )
+
+    async def token(self, svid: Svid | None, **form: str) -> httpx.Response:
+        form.setdefault("grant_type", "client_credentials")
+        async with self.client(svid) as c:
+            return await c.post(f"{self.issuer}/token", data=form)
+
+    async def register(self, svid: Svid | None, body: dict[str, Any]) -> httpx.Response:
+        async with self.client(svid) as c:
+            return await c.post(f"{self.issuer}/register", json=body)
+
+    async def jwks(self) -> dict[str, Any]:
+        async with self.client() as c:
+            return (await c.get(f"{self.issuer}/jwks")).json()  # type: ignore[no-any-return]
+
+
+def client_context(pki: TestPki, svid: Svid | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.web.bundle_path))
+    if svid is not None:
+        context.load_cert_chain(str(svid.chain_path), str(svid.key_path))
+    return context
+
+
+def write_kek(folder: Path) -> Path:
+    path = folder / "kek"
+    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def make_settings(
+    pki: TestPki, database_url: str, folder: Path, *, port: int = 0, **overrides: Any
+) -> Settings:
+    folder.mkdir(parents=True, exist_ok=True)
+    bundles = {}
+    for authority in (pki.example, pki.other):
+        path = folder / f"{authority.trust_domain}.bundle.pem"
+        path.write_bytes(authority.bundle_path.read_bytes())
+        bundles[authority.trust_domain] = path
+    data: dict[str, Any] = {
+        "issuer": f"https://127.0.0.1:{port}",
+        "server": {"host": "127.0.0.1", "port": port},
+        "tls": {"cert_file": pki.server.chain_path, "key_file": pki.server.key_path},
+        "database": {"url": database_url},
+        "trust_domains": [{"name": td, "bundle_file": p} for td, p in bundles.items()],
+        "keys": {"encryption_key_file": write_kek(folder)},
+        "tokens": {
+            "default_audience": "https://api.example.org",
+            "lifetime_seconds": 300,
+        },
+        "logging": {"format": "text"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Settings(**data)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    pki: TestPki, database_url: str, folder: Path, **overrides: Any
+) -> AsyncIterator[Running]:
+    """Migrate, then serve swim-as until the block ends."""
+    port = free_port()
+    settings = make_settings(pki, database_url, folder, port=port, **overrides)
+    await asyncio.to_thread(upgrade, settings.database.url)
+    clock = OffsetClock()
+    assert settings.tls.cert_file is not None and settings.tls.key_file is not None
+    tls = TlsContextManager(
+        settings.tls.cert_file,
+        settings.tls.key_file,
+        (),
+        min_version=MIN_VERSION[settings.tls.min_version],
+    )
+    services = build_services(settings, clock=clock)
+    app = create_app(settings, tls=tls, services=services)
+    async with serving(app, tls, port=port):
+        yield Running(settings.issuer, settings, services, tls, clock, pki)
