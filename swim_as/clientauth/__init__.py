@@ -1,0 +1,1 @@
+"""Client authentication: one authenticator per registered method (D2)."""

@@ -1,0 +1,1 @@
+"""OAuth clients: the model, RFC 7591 metadata rules and registration."""

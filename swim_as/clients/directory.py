@@ -1,0 +1,78 @@
+"""Clients on the hot path: an in-memory cache the database invalidates (D11).
+
+The token endpoint reads clients from here. A client's entry is dropped when
+any replica announces a change to it (PostgreSQL ``NOTIFY``) or this process
+changes it; as a fallback, entries expire after a short time-to-live, which
+bounds how long a replica can act on an old client if notifications are
+lost. Unknown clients are cached too, briefly, so a stream of requests for a
+client that does not exist does not become a stream of queries.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from swim_as.clients.model import Client
+from swim_as.clock import Clock
+
+# How long an entry is trusted without a notification. With a working
+# change feed this only matters if a notification is lost.
+POSITIVE_TTL = 30.0
+NEGATIVE_TTL = 2.0
+# Without a change feed (SQLite, or the listener is reconnecting).
+UNWATCHED_TTL = 2.0
+
+
+class ClientReader(Protocol):
+    async def get(self, client_id: str) -> Client | None: ...
+
+
+class ClientDirectory:
+    """Cached client lookups by ``client_id``."""
+
+    def __init__(
+        self,
+        reader: ClientReader,
+        clock: Clock,
+        *,
+        watched: Callable[[], bool] = lambda: False,
+        size: int = 100_000,
+    ) -> None:
+        self._reader = reader
+        self._clock = clock
+        self._size = size
+        self._watched = watched
+        self._entries: OrderedDict[str, tuple[Client | None, float]] = OrderedDict()
+
+    async def get(self, client_id: str) -> Client | None:
+        """The client, from the cache when it is fresh enough."""
+        now = self._clock.time()
+        entry = self._entries.get(client_id)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        client = await self._reader.get(client_id)
+        if client is not None:
+            ttl = POSITIVE_TTL if self._watched() else UNWATCHED_TTL
+        else:
+            ttl = NEGATIVE_TTL
+        self._entries[client_id] = (client, now + ttl)
+        self._entries.move_to_end(client_id)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return client
+
+    def invalidate(self, client_id: str | None = None) -> None:
+        """Drop one entry, or all of them (``None``)."""
+        if client_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(client_id, None)
+
+    def on_change(self, topic: str, key: str) -> None:
+        """Change-feed subscriber."""
+        if topic == "client":
+            self.invalidate(key)
+        elif topic == "*":
+            self.invalidate(None)

@@ -1,0 +1,376 @@
+"""Dynamic client registration (RFC 7591 §3) and its management (RFC 7592).
+
+A workload registers itself by presenting its X.509-SVID over mTLS; the
+SPIFFE ID it registers must be its own (D1, D13). Registration is idempotent
+on the ``client_id``: the database's unique key decides races, so a burst of
+registrations for one SPIFFE ID creates one row and every caller gets that
+client back.
+
+Every registration carries a registration access token (RFC 7592 §1.2): high
+entropy, stored only as a SHA-256 hash. Repeating a registration with the
+same SVID returns the same client with a fresh token; the holder of the SVID
+is the owner of the client, and this is how it recovers a lost token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from swim_as.clients.metadata import ValidatedMetadata, validate_metadata
+from swim_as.clients.model import Client
+from swim_as.clock import Clock
+from swim_as.errors import (
+    AccessDenied,
+    InvalidClientMetadata,
+    InvalidRequest,
+    InvalidToken,
+)
+from swim_as.observability.audit import record_audit
+from swim_as.storage.clients import SqlClientRepository, to_client
+from swim_as.storage.db import Database
+
+log = logging.getLogger("swim_as.registration")
+
+# Members the server sets; a client cannot choose them (RFC 7591 §3.2.1).
+SERVER_MEMBERS = frozenset(
+    {
+        "client_id",
+        "client_secret",
+        "client_id_issued_at",
+        "client_secret_expires_at",
+        "registration_access_token",
+        "registration_client_uri",
+    }
+)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a high-entropy token (no salt needed at 256 bits)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A client as registered, with its management handles."""
+
+    client: Client
+    created: bool
+    registration_access_token: str | None
+
+
+class RegistrationService:
+    """Creates, reads, replaces and deletes client registrations."""
+
+    def __init__(
+        self,
+        db: Database,
+        repository: SqlClientRepository,
+        clock: Clock,
+        *,
+        issuer: str,
+        enabled_methods: frozenset[str],
+        self_registration: bool,
+    ) -> None:
+        self._db = db
+        self._repository = repository
+        self._clock = clock
+        self._issuer = issuer
+        self._enabled_methods = enabled_methods
+        self._self_registration = self_registration
+
+    def client_uri(self, client_id: str) -> str:
+        """RFC 7592 §2: the client configuration endpoint of a client."""
+        return f"{self._issuer}/register/{quote(client_id, safe='')}"
+
+    def validate(
+        self, body: Mapping[str, Any], caller_spiffe_id: str | None
+    ) -> ValidatedMetadata:
+        return validate_metadata(
+            body,
+            enabled_methods=self._enabled_methods,
+            caller_spiffe_id=caller_spiffe_id,
+        )
+
+    async def register_self(
+        self, body: Mapping[str, Any], caller_spiffe_id: str
+    ) -> Registration:
+        """A workload registers its own SPIFFE ID (RFC 7591 §3.1, D1).
+
+        Raises:
+            InvalidClientMetadata: the metadata breaks a rule.
+            AccessDenied: the SPIFFE ID is not the caller's own, or
+                self-registration is off.
+        """
+        validated = self.validate(body, caller_spiffe_id)
+        if not self._self_registration:
+            raise AccessDenied(
+                "self-registration is disabled",
+                detail=f"{caller_spiffe_id} tried to self-register",
+            )
+        if validated.spiffe_id != caller_spiffe_id:
+            raise AccessDenied(
+                "a workload may register only its own SPIFFE ID",
+                detail=(
+                    f"caller {caller_spiffe_id!r} asked to register "
+                    f"{validated.spiffe_id!r}"
+                ),
+            )
+        return await self.create_or_get(
+            client_id=caller_spiffe_id, validated=validated, actor=caller_spiffe_id
+        )
+
+    async def create_or_get(
+        self,
+        *,
+        client_id: str,
+        validated: ValidatedMetadata,
+        actor: str,
+        granted_scopes: tuple[str, ...] = (),
+        event: str = "client.registered",
+        rotate_token_if_exists: bool = True,
+    ) -> Registration:
+        """Insert the client unless it exists; either way, return it.
+
+        A repeated registration by the workload itself gets a fresh
+        registration access token; an operator's repeated ``add`` does not.
+        """
+        token = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        async with self._db.transaction() as tx:
+            created = await self._repository.insert_if_absent(
+                tx,
+                {
+                    "client_id": client_id,
+                    "spiffe_id": validated.spiffe_id,
+                    "auth_method": validated.auth_method,
+                    "client_metadata": validated.metadata,
+                    "granted_scopes": sorted(set(granted_scopes)),
+                    "disabled": False,
+                    "created_at": now,
+                    "updated_at": now,
+                    "created_by": actor,
+                    "registration_token_hash": hash_token(token),
+                },
+            )
+            if created:
+                record_audit(
+                    tx,
+                    event,
+                    actor=actor,
+                    client_id=client_id,
+                    detail={
+                        "metadata": validated.metadata,
+                        "granted_scopes": sorted(set(granted_scopes)),
+                    },
+                    at=now,
+                )
+            elif rotate_token_if_exists:
+                await self._repository.update_fields(
+                    tx, client_id, registration_token_hash=hash_token(token)
+                )
+                record_audit(
+                    tx,
+                    "client.registration_token_rotated",
+                    actor=actor,
+                    client_id=client_id,
+                    detail={"reason": "registration repeated"},
+                    at=now,
+                )
+            row = await self._repository.get_row(tx, client_id)
+            tx.announce("client", client_id)
+        assert row is not None  # inserted or already there, in this transaction
+        client = to_client(row)
+        if created:
+            log.info(
+                "client registered",
+                extra={
+                    "event": event,
+                    "client_id": client_id,
+                    "actor": actor,
+                    "auth_method": client.auth_method,
+                },
+            )
+        else:
+            log.info(
+                "registration repeated; existing client returned",
+                extra={
+                    "event": "client.registration_repeated",
+                    "client_id": client_id,
+                    "actor": actor,
+                },
+            )
+        issued = token if created or rotate_token_if_exists else None
+        return Registration(client, created, issued)
+
+    def response(self, registration: Registration) -> dict[str, Any]:
+        """The client information response (RFC 7591 §3.2.1, RFC 7592 §3)."""
+        client = registration.client
+        body: dict[str, Any] = {
+            "client_id": client.client_id,
+            "client_id_issued_at": int(client.created_at.timestamp()),
+            **client.metadata,
+            "registration_client_uri": self.client_uri(client.client_id),
+        }
+        if registration.registration_access_token is not None:
+            body["registration_access_token"] = registration.registration_access_token
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Manager:
+    """Who manages a registration: a token holder or the workload's SVID."""
+
+    registration_access_token: str | None = None
+    spiffe_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spiffe_id or "registration-access-token"
+
+
+class ManagementService:
+    """RFC 7592: read, replace and delete a registration."""
+
+    def __init__(self, registration: RegistrationService) -> None:
+        self._reg = registration
+        self._db = registration._db
+        self._repository = registration._repository
+        self._clock = registration._clock
+
+    async def _authorised(self, client_id: str, manager: Manager) -> Client:
+        """RFC 7592 §2: the token (or the client's own SVID) must fit."""
+        client_row = await self._repository.get_stored(client_id)
+        if manager.registration_access_token is not None:
+            if client_row is None or not token_matches(
+                client_row.registration_token_hash, manager.registration_access_token
+            ):
+                # §2: an unknown client and a wrong token look the same.
+                raise InvalidToken(
+                    detail=f"registration access token does not fit {client_id!r}"
+                )
+        elif manager.spiffe_id is not None:
+            if client_row is None or manager.spiffe_id != client_row.spiffe_id:
+                raise InvalidToken(
+                    "the client certificate does not own this registration",
+                    detail=f"SVID {manager.spiffe_id!r} managing {client_id!r}",
+                )
+        else:
+            raise InvalidToken(missing=True, detail="no registration access token")
+        return to_client(client_row)
+
+    async def read(self, client_id: str, manager: Manager) -> dict[str, Any]:
+        client = await self._authorised(client_id, manager)
+        return self._reg.response(Registration(client, False, None))
+
+    async def replace(
+        self, client_id: str, body: Mapping[str, Any], manager: Manager
+    ) -> dict[str, Any]:
+        """RFC 7592 §2.2: the body replaces every client-set member."""
+        client = await self._authorised(client_id, manager)
+        for member in (
+            "registration_access_token",
+            "registration_client_uri",
+            "client_secret_expires_at",
+            "client_id_issued_at",
+        ):
+            if member in body:
+                raise InvalidRequest(
+                    f"{member} must not be sent in an update",
+                    detail=f"PUT for {client_id!r} carried {member}",
+                )
+        sent_id = body.get("client_id")
+        if sent_id is None:
+            raise InvalidRequest("client_id is required in an update")
+        if sent_id != client_id:
+            raise InvalidRequest(
+                "client_id does not match the registration",
+                detail=f"PUT for {client_id!r} carried client_id {sent_id!r}",
+            )
+        validated = self._reg.validate(
+            {k: v for k, v in body.items() if k != "client_id"}, client.spiffe_id
+        )
+        if validated.spiffe_id != client.spiffe_id:
+            raise InvalidClientMetadata(
+                "the client's identity cannot change",
+                detail=f"{client.spiffe_id!r} -> {validated.spiffe_id!r}",
+            )
+        now = self._clock.now()
+        async with self._db.transaction() as tx:
+            updated = await self._repository.update_fields(
+                tx,
+                client_id,
+                auth_method=validated.auth_method,
+                client_metadata=validated.metadata,
+                updated_at=now,
+            )
+            if not updated:
+                raise InvalidToken(detail=f"{client_id!r} vanished during the update")
+            record_audit(
+                tx,
+                "client.updated",
+                actor=manager.name,
+                client_id=client_id,
+                detail={"before": dict(client.metadata), "after": validated.metadata},
+                at=now,
+            )
+            row = await self._repository.get_row(tx, client_id)
+            tx.announce("client", client_id)
+        assert row is not None
+        log.info(
+            "client updated",
+            extra={
+                "event": "client.updated",
+                "client_id": client_id,
+                "actor": manager.name,
+            },
+        )
+        return self._reg.response(Registration(to_client(row), False, None))
+
+    async def delete(self, client_id: str, manager: Manager) -> None:
+        """RFC 7592 §2.3: the client and its registration token are gone."""
+        client = await self._authorised(client_id, manager)
+        now = self._clock.now()
+        async with self._db.transaction() as tx:
+            await self._repository.delete(tx, client_id)
+            record_audit(
+                tx,
+                "client.deleted",
+                actor=manager.name,
+                client_id=client_id,
+                detail={"metadata": dict(client.metadata)},
+                at=now,
+            )
+            tx.announce("client", client_id)
+        log.info(
+            "client deleted",
+            extra={
+                "event": "client.deleted",
+                "client_id": client_id,
+                "actor": manager.name,
+            },
+        )
+
+
+def token_matches(stored_hash: str | None, presented: str) -> bool:
+    """Constant-time comparison of a presented token with a stored hash."""
+    if stored_hash is None:
+        return False
+    return hmac.compare_digest(stored_hash, hash_token(presented))
+
+
+__all__ = [
+    "InvalidClientMetadata",
+    "Manager",
+    "ManagementService",
+    "Registration",
+    "RegistrationService",
+    "hash_token",
+    "token_matches",
+]

@@ -1,0 +1,1 @@
+"""Grant types served at the token endpoint."""

@@ -1,0 +1,1 @@
+"""Signing keys: generation, sealing, rotation (D7)."""

@@ -1,0 +1,1 @@
+"""Access tokens: RFC 9068 JWT profile, certificate confirmation (RFC 8705)."""

@@ -1,0 +1,1 @@
+"""Trust bundles per trust domain and their sources (D3)."""
