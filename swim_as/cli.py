@@ -1,0 +1,382 @@
+"""The ``swim-as`` command.
+
+    swim-as dev                      everything on this machine, no configuration
+    swim-as serve    --config FILE   the server
+    swim-as migrate  --config FILE   create or upgrade the database schema
+    swim-as clients  add|list|show|grant|revoke|disable|enable|delete
+    swim-as keys     list|rotate
+    swim-as audit    [--client ID] [--event NAME] [--json]
+
+Settings are read once, here, from ``--config`` and ``SWIM_AS_*`` variables,
+and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from swim_as.settings import Settings, load_settings
+
+log = logging.getLogger("swim_as.cli")
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a trace, exit status 2."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("SWIM_AS_CONFIG")
+    try:
+        return load_settings(Path(path) if path else None)
+    except FileNotFoundError as err:
+        raise CliError(f"configuration file not found: {err.filename}") from err
+    except ValidationError as err:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
+            for e in err.errors()
+        ]
+        raise CliError("invalid configuration:\n" + "\n".join(lines)) from err
+    except ValueError as err:  # tomllib.TOMLDecodeError is a ValueError
+        raise CliError(f"invalid configuration: {err}") from err
+
+
+def _setup_logging(settings: Settings | None, fmt: str | None = None) -> None:
+    from swim_as.observability.logs import configure_logging
+
+    level = settings.logging.level if settings else "INFO"
+    configure_logging(level, fmt or (settings.logging.format if settings else "text"))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from swim_as.storage.migrate import upgrade
+
+    settings = _settings(args)
+    _setup_logging(settings, "text")
+    upgrade(settings.database.url)
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from swim_as.process import serve
+
+    settings = _settings(args)
+    _setup_logging(settings)
+    _check_runnable(settings)
+    serve(settings)
+    return 0
+
+
+def _check_runnable(settings: Settings) -> None:
+    if settings.tls.cert_file is None or settings.tls.key_file is None:
+        raise CliError("tls.cert_file and tls.key_file are required to serve HTTPS")
+    if not settings.trust_domains:
+        raise CliError(
+            "no [[trust_domains]] configured: no workload could authenticate"
+        )
+    try:
+        settings.keys.load_kek()
+    except (OSError, ValueError) as err:
+        raise CliError(str(err)) from err
+    from swim_as.storage.schema import schema_problem
+
+    problem = asyncio.run(schema_problem(settings.database.url))
+    if problem:
+        raise CliError(problem)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from swim_as.dev import run_dev
+
+    _setup_logging(None, "text")
+    run_dev(Path(args.state_dir).resolve(), port=args.port)
+    return 0
+
+
+# -- administration -----------------------------------------------------------
+
+
+def _run(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    from swim_as.app import build_services
+
+    async def main() -> int:
+        services = build_services(settings)
+        try:
+            return await work(services)
+        finally:
+            await services.db.close()
+
+    return asyncio.run(main())
+
+
+def _admin(services: Any) -> Any:
+    from swim_as.app import enabled_methods
+    from swim_as.clients.admin import ClientAdmin
+
+    return ClientAdmin(
+        services.db,
+        services.clients,
+        services.registration,
+        services.clock,
+        enabled_methods=frozenset(enabled_methods(services.settings)),
+        actor=f"operator:{os.environ.get('USER', 'unknown')}",
+    )
+
+
+def _client_json(client: Any) -> dict[str, Any]:
+    return {
+        "client_id": client.client_id,
+        "auth_method": client.auth_method,
+        "spiffe_id": client.spiffe_id,
+        "granted_scopes": sorted(client.granted_scopes),
+        "disabled": client.disabled,
+        "created_at": client.created_at.isoformat(),
+        "updated_at": client.updated_at.isoformat(),
+        "created_by": client.created_by,
+        "metadata": dict(client.metadata),
+    }
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    from swim_as.clients.admin import ClientNotFound
+    from swim_as.errors import OAuthError
+
+    settings = _settings(args)
+    _setup_logging(settings, "text")
+
+    async def work(services: Any) -> int:
+        admin = _admin(services)
+        try:
+            if args.action == "add":
+                reg = await admin.add(
+                    args.spiffe_id,
+                    method=args.method,
+                    scopes=args.scope or (),
+                    client_name=args.name,
+                )
+                verb = "added" if reg.created else "exists"
+                print(f"{verb}: {reg.client.client_id}")
+                _print(_client_json(reg.client))
+            elif args.action == "list":
+                for client in await services.clients.list(prefix=args.prefix):
+                    state = "disabled" if client.disabled else "enabled"
+                    scopes = " ".join(sorted(client.granted_scopes)) or "-"
+                    print(
+                        f"{client.client_id}\t{client.auth_method}\t{state}\t{scopes}"
+                    )
+            elif args.action == "show":
+                client = await services.clients.get(args.client_id)
+                if client is None:
+                    raise ClientNotFound(args.client_id)
+                _print(_client_json(client))
+            elif args.action in ("grant", "revoke"):
+                change = admin.grant if args.action == "grant" else admin.revoke
+                client = await change(args.client_id, args.scope)
+                granted = " ".join(sorted(client.granted_scopes)) or "-"
+                print(f"{client.client_id}: {granted}")
+            elif args.action in ("disable", "enable"):
+                client = await admin.set_disabled(
+                    args.client_id, args.action == "disable"
+                )
+                print(f"{args.action}d: {client.client_id}")
+            elif args.action == "delete":
+                await admin.delete(args.client_id)
+                print(f"deleted: {args.client_id}")
+        except ClientNotFound as err:
+            raise CliError(f"no such client: {err.args[0]}") from err
+        except OAuthError as err:
+            raise CliError(err.description) from err
+        return 0
+
+    return _run(settings, work)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _setup_logging(settings, "text")
+
+    async def work(services: Any) -> int:
+        if args.action == "rotate":
+            kid = await services.rotator.rotate(
+                actor=f"operator:{os.environ.get('USER', 'unknown')}",
+                immediately=args.now,
+            )
+            when = "now" if args.now else f"in {settings.keys.publish_lead_seconds} s"
+            print(f"next key {kid} is published and starts signing {when}")
+            return 0
+        from sqlalchemy import select
+
+        from swim_as.storage.models import SigningKeyRow
+
+        async with services.db.reading() as session:
+            rows = (
+                await session.scalars(
+                    select(SigningKeyRow).order_by(SigningKeyRow.created_at)
+                )
+            ).all()
+        if not rows:
+            print("no signing keys yet (one is created when the server starts)")
+        for row in rows:
+            print(
+                f"{row.kid}\t{row.alg}\t{row.state}\t"
+                f"created {row.created_at.isoformat(timespec='seconds')}\t"
+                f"signs from {row.activate_after.isoformat(timespec='seconds')}"
+                + (
+                    "\tpublished until "
+                    + row.publish_until.isoformat(timespec="seconds")
+                    if row.publish_until
+                    else ""
+                )
+            )
+        return 0
+
+    return _run(settings, work)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _setup_logging(settings, "text")
+
+    async def work(services: Any) -> int:
+        from sqlalchemy import select
+
+        from swim_as.storage.models import AuditRow
+
+        query = select(AuditRow).order_by(AuditRow.id.desc()).limit(args.limit)
+        if args.client:
+            query = query.where(AuditRow.client_id == args.client)
+        if args.event:
+            query = query.where(AuditRow.event.startswith(args.event, autoescape=True))
+        async with services.db.reading() as session:
+            rows = list((await session.scalars(query)).all())
+        for row in reversed(rows):
+            entry = {
+                "id": row.id,
+                "at": row.at.isoformat(),
+                "event": row.event,
+                "actor": row.actor,
+                "client_id": row.client_id,
+                "detail": row.detail,
+            }
+            if args.json:
+                print(json.dumps(entry, ensure_ascii=False))
+            else:
+                detail = (
+                    json.dumps(row.detail, ensure_ascii=False) if row.detail else ""
+                )
+                print(
+                    f"{row.at.isoformat(timespec='seconds')}  {row.event:<28} "
+                    f"{row.client_id or '-'}  by {row.actor}  {detail}"
+                )
+        return 0
+
+    return _run(settings, work)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swim-as",
+        description="OAuth 2.0 authorization server for SPIFFE workloads.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            help="TOML settings file (default: $SWIM_AS_CONFIG); "
+            "SWIM_AS_* variables override it",
+        )
+        return p
+
+    dev = sub.add_parser("dev", help="run a development server, no configuration")
+    dev.add_argument(
+        "--state-dir", default=".swim-as-dev", help="where dev state lives"
+    )
+    dev.add_argument("--port", type=int, default=8443)
+    dev.set_defaults(func=cmd_dev)
+
+    with_config(sub.add_parser("serve", help="run the server")).set_defaults(
+        func=cmd_serve
+    )
+    with_config(
+        sub.add_parser("migrate", help="apply database migrations")
+    ).set_defaults(func=cmd_migrate)
+
+    clients = sub.add_parser("clients", help="manage clients")
+    actions = clients.add_subparsers(dest="action", required=True)
+    add = with_config(actions.add_parser("add", help="register a SPIFFE workload"))
+    add.add_argument("spiffe_id")
+    add.add_argument(
+        "--method",
+        default="tls_client_auth",
+        choices=["tls_client_auth", "spiffe_x509", "spiffe_jwt"],
+    )
+    add.add_argument("--scope", action="append", help="grant a scope (repeatable)")
+    add.add_argument("--name", help="client_name")
+    listing = with_config(actions.add_parser("list", help="list clients"))
+    listing.add_argument("--prefix", help="only client_ids starting with this")
+    for name, text in (
+        ("show", "show one client"),
+        ("disable", "refuse tokens to a client"),
+        ("enable", "allow a disabled client again"),
+        ("delete", "delete a client"),
+    ):
+        p = with_config(actions.add_parser(name, help=text))
+        p.add_argument("client_id")
+    for name, text in (("grant", "grant scopes"), ("revoke", "take scopes away")):
+        p = with_config(actions.add_parser(name, help=text))
+        p.add_argument("client_id")
+        p.add_argument("scope", nargs="+")
+    clients.set_defaults(func=cmd_clients)
+
+    keys = sub.add_parser("keys", help="signing keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    with_config(key_actions.add_parser("list", help="list signing keys"))
+    rotate = with_config(key_actions.add_parser("rotate", help="schedule a new key"))
+    rotate.add_argument(
+        "--now",
+        action="store_true",
+        help="sign with the new key at once (after a compromise); verifiers "
+        "holding an old JWKS refetch it on the unknown kid",
+    )
+    keys.set_defaults(func=cmd_keys)
+
+    audit = with_config(sub.add_parser("audit", help="list audit records"))
+    audit.add_argument("--client", help="only records about this client_id")
+    audit.add_argument("--event", help="only events starting with this (e.g. client.)")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--json", action="store_true", help="JSON lines")
+    audit.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except CliError as err:
+        print(f"swim-as: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Registration endpoints: RFC 7591 §3 and RFC 7592 §2.
+
+``POST /register`` takes a JSON object over mTLS; the client configuration
+endpoint ``/register/<client_id, percent-encoded>`` answers GET, PUT and
+DELETE for the holder of the registration access token (``Authorization:
+Bearer``, RFC 6750 §2.1) or of the client's own SVID.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from swim_as.clientauth.authenticate import ClientAuthenticator
+from swim_as.clients.registration import (
+    ManagementService,
+    Manager,
+    RegistrationService,
+)
+from swim_as.errors import InvalidRequest, InvalidToken, NotFound, RequestTooLarge
+from swim_as.http.middleware import CERTIFICATE, CERTIFICATE_ERROR
+from swim_as.http.responses import NO_STORE
+
+log = logging.getLogger("swim_as.registration")
+
+NO_STORE_HEADERS = {k.decode(): v.decode() for k, v in NO_STORE}
+PREFIX = "/register/"
+
+
+class RegistrationRoutes:
+    """The handlers, bound to their services."""
+
+    def __init__(
+        self,
+        registration: RegistrationService,
+        management: ManagementService,
+        authenticator: ClientAuthenticator,
+        *,
+        max_body: int,
+    ) -> None:
+        self._registration = registration
+        self._management = management
+        self._authenticator = authenticator
+        self._max_body = max_body
+
+    async def register(self, request: Request) -> Response:
+        """RFC 7591 §3.1: register the caller's own SPIFFE ID."""
+        body = await self._json_object(request)
+        caller = self._caller_spiffe_id(request, required=True)
+        assert caller is not None
+        registration = await self._registration.register_self(body, caller)
+        return JSONResponse(
+            self._registration.response(registration),
+            status_code=201 if registration.created else 200,
+            headers=NO_STORE_HEADERS,
+        )
+
+    async def read(self, request: Request) -> Response:
+        """RFC 7592 §2.1."""
+        client_id = _client_id(request)
+        body = await self._management.read(client_id, self._manager(request))
+        return JSONResponse(body, headers=NO_STORE_HEADERS)
+
+    async def replace(self, request: Request) -> Response:
+        """RFC 7592 §2.2."""
+        client_id = _client_id(request)
+        manager = self._manager(request)
+        body = await self._json_object(request)
+        updated = await self._management.replace(client_id, body, manager)
+        return JSONResponse(updated, headers=NO_STORE_HEADERS)
+
+    async def delete(self, request: Request) -> Response:
+        """RFC 7592 §2.3."""
+        client_id = _client_id(request)
+        await self._management.delete(client_id, self._manager(request))
+        return Response(status_code=204, headers=NO_STORE_HEADERS)
+
+    def _manager(self, request: Request) -> Manager:
+        token = _bearer(request)
+        if token is not None:
+            return Manager(registration_access_token=token)
+        spiffe_id = self._caller_spiffe_id(request, required=False)
+        if spiffe_id is not None:
+            return Manager(spiffe_id=spiffe_id)
+        raise InvalidToken(missing=True, detail="no registration access token")
+
+    def _caller_spiffe_id(self, request: Request, *, required: bool) -> str | None:
+        certificate = request.scope.get(CERTIFICATE)
+        if certificate is None:
+            if not required:
+                return None
+            if CERTIFICATE_ERROR in request.scope:
+                raise InvalidRequest(
+                    "client certificate could not be read",
+                    detail=request.scope[CERTIFICATE_ERROR],
+                )
+            raise InvalidRequest(
+                "a client certificate is required to register",
+                detail="registration without a client certificate",
+            )
+        svid = self._authenticator.verify_svid(certificate)
+        return str(svid.spiffe_id)
+
+    async def _json_object(self, request: Request) -> dict[str, Any]:
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip()
+        if media.lower() != "application/json":
+            raise InvalidRequest("body must be application/json")
+        declared = request.headers.get("content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self._max_body
+        ):
+            raise RequestTooLarge(detail=f"declared {declared} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > self._max_body:
+                raise RequestTooLarge(detail=f"body over {self._max_body} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InvalidRequest("body is not valid JSON", detail=str(err)) from err
+        if not isinstance(body, dict):
+            raise InvalidRequest(
+                "body must be a JSON object", detail=f"got {type(body).__name__}"
+            )
+        return body
+
+
+def _client_id(request: Request) -> str:
+    """The client_id from the raw (still percent-encoded) path."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.split(b"?", 1)[0].decode("ascii", "replace")
+    if not path.startswith(PREFIX) or len(path) == len(PREFIX):
+        raise NotFound()
+    encoded = path[len(PREFIX) :]
+    if "/" in encoded:
+        raise NotFound(detail="client_id must be percent-encoded in the path")
+    try:
+        return unquote(encoded, errors="strict")
+    except UnicodeDecodeError:
+        raise NotFound(detail="client_id in the path is not UTF-8") from None
+
+
+def _bearer(request: Request) -> str | None:
+    """RFC 6750 §2.1: ``Authorization: Bearer <token>``."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken(
+            "malformed authorization header", detail="not a Bearer credential"
+        )
+    return token.strip()

@@ -1,0 +1,236 @@
+"""``POST /token`` (RFC 6749 §3.2), as a short list of named steps.
+
+parse the form → authenticate the client → pick the grant → decide and mint
+→ respond. Every response carries ``Cache-Control: no-store`` and
+``Pragma: no-cache`` (RFC 6749 §5.1). No refresh token is ever issued for
+client_credentials (RFC 6749 §4.4.3).
+
+This endpoint is a plain ASGI application: it is the hot path, and it needs
+nothing from a request wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.exc import DBAPIError
+from starlette.types import Receive, Scope, Send
+
+from swim_as.clientauth.authenticate import (
+    AuthenticatedClient,
+    ClientAuthenticator,
+    Credentials,
+)
+from swim_as.errors import (
+    InvalidClient,
+    InvalidRequest,
+    InvalidTarget,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+    UnsupportedGrantType,
+)
+from swim_as.grants.client_credentials import (
+    GRANT_TYPE as CLIENT_CREDENTIALS,
+)
+from swim_as.grants.client_credentials import (
+    ClientCredentialsGrant,
+    ClientCredentialsRequest,
+)
+from swim_as.http.forms import FORM_TYPE, content_type_is, parse_form, read_body
+from swim_as.http.middleware import CERTIFICATE, CERTIFICATE_ERROR
+from swim_as.http.responses import NO_STORE, log_refusal, send_error, send_json
+from swim_as.observability.audit import AuditBuffer
+
+log = logging.getLogger("swim_as.token")
+
+# RFC 8707 §2: `resource` may be sent several times; nothing else may.
+REPEATABLE = frozenset({"resource"})
+
+TokenListener = Callable[[AuthenticatedClient], None]
+
+
+class TokenEndpoint:
+    """The token endpoint as an ASGI application."""
+
+    def __init__(
+        self,
+        authenticator: ClientAuthenticator,
+        client_credentials: ClientCredentialsGrant,
+        audit: AuditBuffer,
+        *,
+        max_body: int,
+        on_issued: TokenListener | None = None,
+    ) -> None:
+        self._authenticator = authenticator
+        self._client_credentials = client_credentials
+        self._audit = audit
+        self._max_body = max_body
+        self._on_issued = on_issued
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_json(
+                send,
+                405,
+                {"error": "invalid_request", "error_description": "use POST"},
+                [*NO_STORE, (b"allow", b"POST")],
+            )
+            return
+        client_id: str | None = None
+        try:
+            form = await self._parse(scope, receive)
+            client_id = _single(form, "client_id")
+            grant_type = self._grant_type(form)
+            caller = await self._authenticate(scope, form, client_id)
+            body = self._issue(caller, grant_type, form)
+        except OAuthError as error:
+            self._refused(error, client_id, scope)
+            await send_error(send, error)
+            return
+        except (DBAPIError, OSError) as err:
+            unavailable = TemporarilyUnavailable(detail=f"database: {err!r}"[:500])
+            self._refused(unavailable, client_id, scope)
+            await send_error(send, unavailable)
+            return
+        except Exception:
+            log.exception("token request failed", extra={"event": "token.error"})
+            await send_error(send, ServerError())
+            return
+        await send_json(send, 200, body, NO_STORE)
+
+    async def _parse(self, scope: Scope, receive: Receive) -> dict[str, list[str]]:
+        """RFC 6749 §3.2: a form-encoded POST body."""
+        if not content_type_is(scope, FORM_TYPE):
+            raise InvalidRequest(
+                "body must be application/x-www-form-urlencoded",
+                detail="token request with another content type",
+            )
+        body = await read_body(scope, receive, self._max_body)
+        return parse_form(body, REPEATABLE)
+
+    @staticmethod
+    def _grant_type(form: dict[str, list[str]]) -> str:
+        grant_type = _single(form, "grant_type")
+        if grant_type is None:
+            raise InvalidRequest("grant_type is required")
+        if grant_type != CLIENT_CREDENTIALS:
+            raise UnsupportedGrantType(detail=f"grant_type {grant_type[:80]!r}")
+        return grant_type
+
+    async def _authenticate(
+        self, scope: Scope, form: dict[str, list[str]], client_id: str | None
+    ) -> AuthenticatedClient:
+        certificate = scope.get(CERTIFICATE)
+        if certificate is None and CERTIFICATE_ERROR in scope:
+            raise InvalidClient(
+                "client certificate could not be read", detail=scope[CERTIFICATE_ERROR]
+            )
+        credentials = Credentials(
+            client_id=client_id,
+            certificate=certificate,
+            client_assertion_type=_single(form, "client_assertion_type"),
+            client_assertion=_single(form, "client_assertion"),
+        )
+        return await self._authenticator.authenticate(credentials)
+
+    def _issue(
+        self, caller: AuthenticatedClient, grant_type: str, form: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        scope_text = _single(form, "scope")
+        request = ClientCredentialsRequest(
+            scopes=scope_text.split() if scope_text is not None else None,
+            resources=[_resource(r) for r in form.get("resource", ())],
+        )
+        token, decision = self._client_credentials.issue(caller, request)
+        client_id = caller.client.client_id
+        log.info(
+            "token issued",
+            extra={
+                "event": "token.issued",
+                "client_id": client_id,
+                "auth_method": caller.method,
+                "jti": token.jti,
+                "kid": token.kid,
+                "bound": token.bound,
+                "rule": decision.rule,
+            },
+        )
+        self._audit.add(
+            "token.issued",
+            actor=caller.spiffe_id or client_id,
+            client_id=client_id,
+            detail={
+                "jti": token.jti,
+                "kid": token.kid,
+                "scope": list(token.scope),
+                "aud": list(decision.audience),
+                "bound": token.bound,
+            },
+        )
+        if self._on_issued is not None:
+            self._on_issued(caller)
+        body: dict[str, Any] = {
+            "access_token": token.access_token,
+            "token_type": "Bearer",
+            "expires_in": token.expires_in,
+        }
+        if token.scope:
+            body["scope"] = " ".join(token.scope)
+        return body
+
+    def _refused(self, error: OAuthError, client_id: str | None, scope: Scope) -> None:
+        certificate = scope.get(CERTIFICATE)
+        thumbprint = certificate.thumbprint if certificate is not None else None
+        log_refusal(
+            "token",
+            error,
+            client_id=_printable(client_id),
+            x5t=thumbprint,
+            peer=_peer(scope),
+        )
+        if isinstance(error, InvalidClient):
+            self._audit.add(
+                "client_auth.failed",
+                actor=_printable(client_id) or thumbprint or "anonymous",
+                client_id=None,
+                detail={"reason": error.detail[:500], "x5t": thumbprint},
+            )
+
+
+def _single(form: dict[str, list[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
+def _resource(value: str) -> str:
+    """RFC 8707 §2: an absolute URI without a fragment."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise InvalidTarget(
+            "resource must be an absolute URI", detail=f"unparsable {value[:200]!r}"
+        ) from None
+    if not parts.scheme or not (parts.netloc or parts.path) or " " in value:
+        raise InvalidTarget(
+            "resource must be an absolute URI", detail=f"not absolute: {value[:200]!r}"
+        )
+    if "#" in value:
+        raise InvalidTarget(
+            "resource must not have a fragment", detail=f"fragment in {value[:200]!r}"
+        )
+    return value
+
+
+def _printable(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value[:300] if value.isprintable() else repr(value[:300])
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None

@@ -1,0 +1,44 @@
+"""One swim-as server process: settings → TLS contexts + application → serve.
+
+:func:`served_app` is module-level and takes only the settings, so the
+server runner can pickle it for worker processes; each worker builds its own
+application, TLS contexts and database pool, and they all sign with the same
+key from the database (D7).
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+
+from swim_as.app import create_app
+from swim_as.server import ServedApp, run
+from swim_as.settings import Settings
+from swim_as.tls import TlsContextManager
+
+MIN_VERSION = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def served_app(settings: Settings) -> ServedApp:
+    """Build the application and the TLS contexts of one process."""
+    assert settings.tls.cert_file is not None and settings.tls.key_file is not None
+    # Client authorities arrive when the lifespan loads the trust bundles.
+    tls = TlsContextManager(
+        settings.tls.cert_file,
+        settings.tls.key_file,
+        (),
+        min_version=MIN_VERSION[settings.tls.min_version],
+    )
+    return ServedApp(create_app(settings, tls=tls), tls)
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    run(
+        functools.partial(served_app, settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=settings.server.workers,
+        access_log=settings.server.access_log,
+        log_config=None,
+    )
