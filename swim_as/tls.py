@@ -307,7 +307,7 @@ def tls_scope_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TlsScopeEx
 @cache
 def _cipher_suite_numbers() -> dict[str, int]:
     # OpenSSL names to IANA TLS cipher suite numbers (RFC 8446 §B.4 and the
-    # IANA registry). OpenSSL's cipher id is 0x0300XXXX for TLS suites; the
+    # IANA registry). OpenSSL's cipher id is 0x0300nnnn for TLS suites; the
     # low 16 bits are the IANA number.
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     return {

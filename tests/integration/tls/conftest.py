@@ -152,7 +152,7 @@ class Pki:
 
 
 @dataclass(frozen=True)
-class TestPki:
+class ListenerPki:
     """The certificates the TLS tests use."""
 
     server_ca: Issued
@@ -173,7 +173,7 @@ class TestPki:
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> ListenerPki:
     folder = tmp_path_factory.mktemp("tls-pki")
     make = Pki(folder)
     server_ca = make.issue("server-ca", ca=True)
@@ -181,7 +181,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     intermediate_a = make.issue("intermediate-a", issuer=root_a, ca=True)
     root_b = make.issue("root-b", ca=True)
     unknown_root = make.issue("unknown-root", ca=True)
-    return TestPki(
+    return ListenerPki(
         server_ca=server_ca,
         server=make.issue("server", issuer=server_ca, server=True),
         server_next=make.issue("server-next", issuer=server_ca, server=True),
@@ -316,7 +316,7 @@ class Connection:
 class TlsClient:
     """Clients of the server under test: contexts, connections, requests."""
 
-    def __init__(self, pki: TestPki) -> None:
+    def __init__(self, pki: ListenerPki) -> None:
         self.pki = pki
 
     def context(
@@ -379,12 +379,12 @@ class TlsClient:
 
 
 @pytest.fixture
-def client(pki: TestPki) -> TlsClient:
+def client(pki: ListenerPki) -> TlsClient:
     return TlsClient(pki)
 
 
 @pytest.fixture
-def serve(pki: TestPki) -> Callable[..., AbstractAsyncContextManager[Served]]:
+def serve(pki: ListenerPki) -> Callable[..., AbstractAsyncContextManager[Served]]:
     """``async with serve(app, [authorities]) as served``: swim-as's runner on
     127.0.0.1, port 0, in the test's event loop."""
 

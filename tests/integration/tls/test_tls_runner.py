@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from swim_as.server import _bind_socket, run, serving
+from swim_as.server import ServedApp, _bind_socket, run, serving
 
 
 async def test_serving_reports_a_failed_lifespan_startup():
@@ -32,11 +32,18 @@ async def test_accepted_connections_have_nodelay():
                 assert listener.proto == socket.IPPROTO_TCP
 
 
+def _never_called() -> ServedApp:
+    raise AssertionError("the factory must not run")
+
+
 def test_workers_need_a_picklable_factory():
+    def local_factory() -> ServedApp:  # a nested function does not pickle
+        return _never_called()
+
     with pytest.raises(TypeError, match="must pickle"):
-        run(lambda: None, host="127.0.0.1", port=0, workers=2)  # type: ignore[arg-type,return-value]
+        run(local_factory, host="127.0.0.1", port=0, workers=2)
 
 
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
-        run(lambda: None, host="127.0.0.1", port=0, workers=0)  # type: ignore[arg-type,return-value]
+        run(_never_called, host="127.0.0.1", port=0, workers=0)
