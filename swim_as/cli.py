@@ -158,15 +158,17 @@ def cmd_clients(args: argparse.Namespace) -> int:
         admin = _admin(services)
         try:
             if args.action == "add":
-                reg = await admin.add(
-                    args.spiffe_id,
-                    method=args.method,
-                    scopes=args.scope or (),
-                    client_name=args.name,
-                )
-                verb = "added" if reg.created else "exists"
-                print(f"{verb}: {reg.client.client_id}")
-                _print(_client_json(reg.client))
+                for spiffe_id in args.spiffe_id:
+                    reg = await admin.add(
+                        spiffe_id,
+                        method=args.method,
+                        scopes=args.scope or (),
+                        client_name=args.name,
+                    )
+                    verb = "added" if reg.created else "exists"
+                    print(f"{verb}: {reg.client.client_id}")
+                    if not args.quiet:
+                        _print(_client_json(reg.client))
             elif args.action == "list":
                 for client in await services.clients.list(prefix=args.prefix):
                     state = "disabled" if client.disabled else "enabled"
@@ -319,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     clients = sub.add_parser("clients", help="manage clients")
     actions = clients.add_subparsers(dest="action", required=True)
-    add = with_config(actions.add_parser("add", help="register a SPIFFE workload"))
-    add.add_argument("spiffe_id")
+    add = with_config(
+        actions.add_parser("add", help="register SPIFFE workloads (idempotent)")
+    )
+    add.add_argument("spiffe_id", nargs="+")
+    add.add_argument("-q", "--quiet", action="store_true", help="one line per client")
     add.add_argument(
         "--method",
         default="tls_client_auth",

@@ -12,6 +12,7 @@ import functools
 import ssl
 
 from swim_as.app import create_app
+from swim_as.observability.logs import configure_logging
 from swim_as.server import ServedApp, run
 from swim_as.settings import Settings
 from swim_as.tls import TlsContextManager
@@ -20,7 +21,12 @@ MIN_VERSION = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def served_app(settings: Settings) -> ServedApp:
-    """Build the application and the TLS contexts of one process."""
+    """Build the application and the TLS contexts of one process.
+
+    Worker processes start with ``spawn``: logging is configured here again
+    so that every process logs the same way.
+    """
+    configure_logging(settings.logging.level, settings.logging.format)
     assert settings.tls.cert_file is not None and settings.tls.key_file is not None
     # Client authorities arrive when the lifespan loads the trust bundles.
     tls = TlsContextManager(
