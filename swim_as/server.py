@@ -100,27 +100,70 @@ def _with_tls_extension(app: ASGIApp, tls: dict[object, object]) -> ASGIApp:
     return app_with_tls
 
 
+# Limits on what a client may send before it is authenticated at all: the
+# request line and headers of one request (XFCC headers with a forwarded
+# certificate chain fit easily), and how long they may take to arrive.
+MAX_HEADER_BYTES = 64 * 1024
+HEADER_TIMEOUT_SECONDS = 10.0
+
 if _HTTPTOOLS_AVAILABLE:
+    import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class TlsHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's httptools protocol, with the ASGI TLS extension on every
-        request.
+        request, and limits on request headers.
 
         The extension dict is built once, when the connection is made, and
         put into each request's scope as the scope is created.
+
+        uvicorn bounds neither the size of a request's headers nor the time
+        they take, with httptools; a client needs no certificate to open a
+        connection, so both are bounded here: headers over
+        :data:`MAX_HEADER_BYTES` get 431, and a connection whose request
+        headers are not complete within :data:`HEADER_TIMEOUT_SECONDS` of
+        connecting (or of the request's first byte) is closed (408 when a
+        request had begun).
         """
 
         _tls: dict[object, object] | None = None
+        _header_bytes = 0
+        _header_timer: asyncio.TimerHandle | None = None
+        _rejected = False
+        _in_headers = False
 
         def connection_made(  # type: ignore[override]
             self, transport: asyncio.Transport
         ) -> None:
             super().connection_made(transport)
             self._tls = _extensions_for(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._rejected:
+                return
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._unsupported_upgrade_warning()  # websockets are off
+            except httptools.HttpParserError:
+                if self._rejected:
+                    self._refuse(431, b"request header fields too large")
+                    return
+                message = "Invalid HTTP request received."
+                self.logger.warning(message)
+                self.send_400_response(message)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._header_bytes = 0
+            self._in_headers = True
+            self._arm_header_timer()
             tls = self._tls
             if tls is not None:
                 extensions = self.scope.get("extensions")
@@ -128,6 +171,65 @@ if _HTTPTOOLS_AVAILABLE:
                     self.scope["extensions"] = {"tls": tls}
                 else:
                     extensions["tls"] = tls
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._cancel_header_timer()
+            super().on_headers_complete()
+
+        def _count(self, size: int) -> None:
+            self._header_bytes += size
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._rejected = True
+                raise ValueError("request headers too large")
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(
+                HEADER_TIMEOUT_SECONDS, self._headers_too_slow
+            )
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self._in_headers:
+                self._rejected = True
+                self._refuse(408, b"request headers not received in time")
+            elif self.cycle is None and not self.transport.is_closing():
+                # Connected and silent: nothing to answer.
+                self.transport.close()
+
+        def _refuse(self, status: int, reason: bytes) -> None:
+            logger.info(
+                "request refused before its headers were read: %s",
+                reason.decode(),
+                extra={
+                    "event": "http.refused",
+                    "status": status,
+                    "peer": f"{self.client[0]}:{self.client[1]}"
+                    if self.client
+                    else None,
+                },
+            )
+            if not self.transport.is_closing():
+                self.transport.write(
+                    b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                    % (status, reason, len(reason), reason)
+                )
+                self.transport.close()
 
     __all__ += ["TlsHttpToolsProtocol"]
 
