@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from swim_as.settings import Settings, load_settings
 
@@ -35,11 +37,21 @@ class CliError(Exception):
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    path = args.config or os.environ.get("SWIM_AS_CONFIG")
+    path = (
+        getattr(args, "config", None)
+        or getattr(args, "global_config", None)
+        or os.environ.get("SWIM_AS_CONFIG")
+    )
+    if not path and not any(k.startswith("SWIM_AS_") for k in os.environ):
+        raise CliError("no configuration: pass --config FILE or set SWIM_AS_CONFIG")
+    config = Path(path).resolve() if path else None
+    if config is not None and not config.is_file():
+        what = "is a directory" if config.is_dir() else "does not exist"
+        raise CliError(f"configuration file {config} {what}")
     try:
-        return load_settings(Path(path) if path else None)
-    except FileNotFoundError as err:
-        raise CliError(f"configuration file not found: {err.filename}") from err
+        return load_settings(config)
+    except OSError as err:
+        raise CliError(f"cannot read {config}: {err.strerror}") from err
     except ValidationError as err:
         lines = [
             f"  {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
@@ -59,11 +71,20 @@ def _setup_logging(settings: Settings | None, fmt: str | None = None) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from swim_as.storage.migrate import upgrade
+    from swim_as.storage.schema import schema_revision
 
     settings = _settings(args)
     _setup_logging(settings, "text")
-    upgrade(settings.database.url)
-    print("database schema is up to date")
+    try:
+        before = asyncio.run(schema_revision(settings.database.url))
+        upgrade(settings.database.url)
+        after = asyncio.run(schema_revision(settings.database.url))
+    except (OSError, DBAPIError) as err:
+        raise CliError(f"cannot open the database: {_db_reason(err)}") from err
+    if before == after:
+        print(f"database schema is up to date (revision {after})")
+    else:
+        print(f"database schema migrated: {before or 'empty'} -> {after}")
     return 0
 
 
@@ -78,16 +99,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_runnable(settings: Settings) -> None:
-    if settings.tls.cert_file is None or settings.tls.key_file is None:
-        raise CliError("tls.cert_file and tls.key_file are required to serve HTTPS")
-    if not settings.trust_domains:
-        raise CliError(
-            "no [[trust_domains]] configured: no workload could authenticate"
-        )
+    """Refuse to start, in one line, on what would crash every worker."""
+    from swim_as.preflight import (
+        PreflightError,
+        check_bundles,
+        check_kek,
+        check_keys,
+        check_tls,
+    )
+
     try:
-        settings.keys.load_kek()
-    except (OSError, ValueError) as err:
+        check_tls(settings)
+        check_bundles(settings)
+        kek = check_kek(settings)
+        _require_schema(settings)
+        asyncio.run(check_keys(settings, kek))
+    except PreflightError as err:
         raise CliError(str(err)) from err
+
+
+def _require_schema(settings: Settings) -> None:
     from swim_as.storage.schema import schema_problem
 
     problem = asyncio.run(schema_problem(settings.database.url))
@@ -95,11 +126,18 @@ def _check_runnable(settings: Settings) -> None:
         raise CliError(problem)
 
 
+def _db_reason(err: BaseException) -> str:
+    return str(getattr(err, "orig", None) or err).splitlines()[0][:300]
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from swim_as.dev import run_dev
 
     _setup_logging(None, "text")
-    run_dev(Path(args.state_dir).resolve(), port=args.port)
+    try:
+        run_dev(Path(args.state_dir).resolve(), port=args.port)
+    except OSError as err:
+        raise CliError(str(err)) from err
     return 0
 
 
@@ -109,6 +147,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def _run(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
     from swim_as.app import build_services
 
+    _require_schema(settings)
+
     async def main() -> int:
         services = build_services(settings)
         try:
@@ -116,7 +156,10 @@ def _run(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
         finally:
             await services.db.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except (OSError, DBAPIError) as err:
+        raise CliError(f"database error: {_db_reason(err)}") from err
 
 
 def _admin(services: Any) -> Any:
@@ -129,8 +172,16 @@ def _admin(services: Any) -> Any:
         services.registration,
         services.clock,
         enabled_methods=frozenset(enabled_methods(services.settings)),
-        actor=f"operator:{os.environ.get('USER', 'unknown')}",
+        actor=_operator(),
     )
+
+
+def _operator() -> str:
+    """Who runs the command, for the audit trail."""
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"operator:uid-{os.getuid()}"
 
 
 def _client_json(client: Any) -> dict[str, Any]:
@@ -158,6 +209,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
         admin = _admin(services)
         try:
             if args.action == "add":
+                _warn_unknown_trust_domains(settings, args.spiffe_id)
                 for spiffe_id in args.spiffe_id:
                     reg = await admin.add(
                         spiffe_id,
@@ -210,7 +262,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     async def work(services: Any) -> int:
         if args.action == "rotate":
             kid = await services.rotator.rotate(
-                actor=f"operator:{os.environ.get('USER', 'unknown')}",
+                actor=_operator(),
                 immediately=args.now,
             )
             when = "now" if args.now else f"in {settings.keys.publish_lead_seconds} s"
@@ -285,6 +337,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _run(settings, work)
 
 
+def _warn_unknown_trust_domains(settings: Settings, ids: Sequence[str]) -> None:
+    configured = {td.name for td in settings.trust_domains}
+    for spiffe_id in ids:
+        domain = spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+        if spiffe_id.startswith("spiffe://") and domain not in configured:
+            print(
+                f"swim-as: warning: {domain} is not a configured trust domain; "
+                f"{spiffe_id} cannot authenticate until it is",
+                file=sys.stderr,
+            )
+
+
 def _print(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -293,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swim-as",
         description="OAuth 2.0 authorization server for SPIFFE workloads.",
+    )
+    parser.add_argument(
+        "--config",
+        dest="global_config",
+        metavar="FILE",
+        help="TOML settings file, before or after the command",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -371,15 +441,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Stored text may hold anything a client sent; printing it must not fail.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)
+        sys.stdout.flush()
     except CliError as err:
         print(f"swim-as: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `swim-as audit | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return status
 
 

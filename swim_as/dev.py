@@ -16,6 +16,7 @@ import base64
 import logging
 import os
 import shlex
+import socket
 from pathlib import Path
 
 from swim_as.devpki import DevAuthority, needs_renewal
@@ -33,8 +34,10 @@ DEMO = {
 }
 
 CONFIG = """\
-# Written by `swim-as dev`. A development configuration: do not use it in
-# production. Every key is described in the README.
+# Written by `swim-as dev` at every start: edits here are overwritten. Copy
+# this file elsewhere and use `swim-as serve --config` to change settings.
+# A development configuration: do not use it in production. Every key is
+# described in the README.
 issuer = "https://127.0.0.1:{port}"
 
 [server]
@@ -135,11 +138,25 @@ def curl_command(state: Path, port: int, stem: str = "reporter") -> str:
     )
 
 
+def _port_is_free(port: int) -> None:
+    """Fail before printing anything when the port is taken."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise OSError(
+                f"127.0.0.1:{port} is not free ({err.strerror}): "
+                "stop what uses it or pass --port"
+            ) from err
+
+
 def run_dev(state: Path, *, port: int = 8443) -> None:
     """Prepare everything, print how to get a token, and serve."""
     from swim_as.process import serve
     from swim_as.storage.migrate import upgrade
 
+    _port_is_free(port)
     config = prepare(state, port)
     settings = load_settings(config)
     upgrade(settings.database.url)

@@ -163,13 +163,25 @@ class KeySettings(_Section):
             return self.retire_after_seconds
         return token_lifetime + CLOCK_LEEWAY_SECONDS
 
+    @field_validator("encryption_key_file", "encryption_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # SWIM_AS_KEYS__ENCRYPTION_KEY_FILE= (empty) clears the file setting.
+        return None if value == "" else value
+
     def load_kek(self) -> bytes:
-        """Return the 32-byte KEK, read from the file or the variable."""
-        if self.encryption_key_file is not None:
-            text = self.encryption_key_file.read_text(encoding="ascii")
-            source = str(self.encryption_key_file)
-        elif self.encryption_key is not None:
+        """Return the 32-byte KEK.
+
+        ``encryption_key`` wins over ``encryption_key_file`` when both are
+        set, so that SWIM_AS_KEYS__ENCRYPTION_KEY overrides a KEK file named
+        in the configuration file.
+        """
+        if self.encryption_key is not None:
             text, source = self.encryption_key, "keys.encryption_key"
+        elif self.encryption_key_file is not None:
+            path = self.encryption_key_file.resolve()
+            text = path.read_text(encoding="ascii")
+            source = f"keys.encryption_key_file {path}"
         else:
             raise ValueError(
                 "no key-encryption key: set keys.encryption_key_file "

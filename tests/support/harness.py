@@ -49,6 +49,7 @@ class OffsetClock:
 
 @dataclass
 class TestPki:
+    __test__ = False  # a fixture value, not a test class
     folder: Path
     web: Authority
     server: Svid

@@ -100,8 +100,9 @@ def throwaway_cluster() -> Iterator[str]:
                 "-t",
                 "60",
                 "-o",
-                f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+                f"-p {port} -k {data} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c max_connections=300",
                 "start",
             ],
             check=True,
