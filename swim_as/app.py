@@ -300,6 +300,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        asyncio.get_running_loop().set_exception_handler(quiet_handshake_failures)
         await start(services, tls)
         try:
             yield
@@ -352,6 +353,28 @@ def create_app(
     return app
 
 
+def quiet_handshake_failures(
+    loop: asyncio.AbstractEventLoop, context: dict[str, Any]
+) -> None:
+    """Log refused TLS handshakes as one line, not as a traceback.
+
+    A peer that sends garbage, or a certificate OpenSSL or the ssl module
+    cannot handle, is refused during the handshake; that is an event for the
+    operator's log, not a server error. Everything else goes to the loop's
+    default handler.
+    """
+    message = str(context.get("message", ""))
+    error = context.get("exception")
+    if "handshake" in message.lower() and isinstance(error, Exception):
+        log.info(
+            "TLS handshake refused: %s",
+            type(error).__name__,
+            extra={"event": "tls.handshake_refused", "reason": str(error)[:300]},
+        )
+        return
+    loop.default_exception_handler(context)
+
+
 def _install_error_handlers(api: FastAPI) -> None:
     async def oauth_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, OAuthError)
@@ -396,6 +419,8 @@ def _install_error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(HTTPException, http_error)
     api.add_exception_handler(OperationalError, database_error)
     api.add_exception_handler(DBAPIError, database_error)
+    # A refused or dropped database connection surfaces as an OSError.
+    api.add_exception_handler(OSError, database_error)
     api.add_exception_handler(Exception, unexpected)
 
 

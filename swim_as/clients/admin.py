@@ -75,7 +75,6 @@ class ClientAdmin:
             actor=self._actor,
             granted_scopes=tuple(scopes),
             event="client.added",
-            rotate_token_if_exists=False,
         )
         if not registration.created and scopes:
             client = await self.grant(spiffe_id, scopes)

@@ -121,11 +121,10 @@ def validate_metadata(
 
     scope = body.get("scope")
     if scope is not None:
-        if not isinstance(scope, str) or not all(
-            _is_scope_token(t) for t in scope.split()
-        ):
+        tokens = parse_scope(scope) if isinstance(scope, str) else None
+        if tokens is None:
             raise InvalidClientMetadata("scope must be a space-separated string")
-        out["scope"] = " ".join(dict.fromkeys(scope.split()))
+        out["scope"] = " ".join(dict.fromkeys(tokens))
 
     for member in _STRING_MEMBERS:
         value = body.get(member)
@@ -215,7 +214,9 @@ def _identity(
             spiffe_id = caller_spiffe_id
         if spiffe_id is None:
             raise InvalidClientMetadata("spiffe_id is required")
-        _parse_pattern("spiffe_id", spiffe_id, wildcard=True)
+        # D1: an X.509-SVID client's client_id is its exact SPIFFE ID; only
+        # JWT-SVID clients may stand for a group of workloads ("/*").
+        _parse_pattern("spiffe_id", spiffe_id, wildcard=method == SPIFFE_JWT)
         out["spiffe_id"] = spiffe_id
         return spiffe_id
     if spiffe_id is not None:
@@ -282,9 +283,25 @@ def _parse_pattern(member: str, value: str, *, wildcard: bool) -> SpiffeIdPatter
 
 
 def _require_https_uri(member: str, value: str) -> None:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parses the port; raises on garbage)
+    except ValueError:
+        raise InvalidClientMetadata(f"{member} must be an https URL") from None
     if parts.scheme != "https" or not parts.hostname or parts.fragment:
         raise InvalidClientMetadata(f"{member} must be an https URL")
+
+
+def parse_scope(value: str) -> list[str] | None:
+    """RFC 6749 §3.3: ``scope-token *( SP scope-token )``, or None.
+
+    Only a single space separates tokens; a tab, a double space or any
+    character outside %x21 / %x23-5B / %x5D-7E makes the value malformed.
+    """
+    tokens = value.split(" ")
+    if all(_is_scope_token(t) for t in tokens):
+        return tokens
+    return None
 
 
 def _is_scope_token(token: str) -> bool:

@@ -8,8 +8,10 @@ client back.
 
 Every registration carries a registration access token (RFC 7592 §1.2): high
 entropy, stored only as a SHA-256 hash. Repeating a registration with the
-same SVID returns the same client with a fresh token; the holder of the SVID
-is the owner of the client, and this is how it recovers a lost token.
+same SVID returns the same client, unchanged and without a token: the token
+issued first stays valid, and the holder of the SVID can always manage its
+registration with the SVID itself (RFC 7592 over mTLS), so a lost token
+needs no recovery path.
 """
 
 from __future__ import annotations
@@ -134,12 +136,10 @@ class RegistrationService:
         actor: str,
         granted_scopes: tuple[str, ...] = (),
         event: str = "client.registered",
-        rotate_token_if_exists: bool = True,
     ) -> Registration:
         """Insert the client unless it exists; either way, return it.
 
-        A repeated registration by the workload itself gets a fresh
-        registration access token; an operator's repeated ``add`` does not.
+        Only a newly created client comes with a registration access token.
         """
         token = secrets.token_urlsafe(32)
         now = self._clock.now()
@@ -171,20 +171,8 @@ class RegistrationService:
                     },
                     at=now,
                 )
-            elif rotate_token_if_exists:
-                await self._repository.update_fields(
-                    tx, client_id, registration_token_hash=hash_token(token)
-                )
-                record_audit(
-                    tx,
-                    "client.registration_token_rotated",
-                    actor=actor,
-                    client_id=client_id,
-                    detail={"reason": "registration repeated"},
-                    at=now,
-                )
+                tx.announce("client", client_id)
             row = await self._repository.get_row(tx, client_id)
-            tx.announce("client", client_id)
         assert row is not None  # inserted or already there, in this transaction
         client = to_client(row)
         if created:
@@ -206,8 +194,7 @@ class RegistrationService:
                     "actor": actor,
                 },
             )
-        issued = token if created or rotate_token_if_exists else None
-        return Registration(client, created, issued)
+        return Registration(client, created, token if created else None)
 
     def response(self, registration: Registration) -> dict[str, Any]:
         """The client information response (RFC 7591 §3.2.1, RFC 7592 §3)."""
@@ -244,7 +231,7 @@ class ManagementService:
         self._repository = registration._repository
         self._clock = registration._clock
 
-    async def _authorised(self, client_id: str, manager: Manager) -> Client:
+    async def authorise(self, client_id: str, manager: Manager) -> Client:
         """RFC 7592 §2: the token (or the client's own SVID) must fit."""
         client_row = await self._repository.get_stored(client_id)
         if manager.registration_access_token is not None:
@@ -263,17 +250,24 @@ class ManagementService:
                 )
         else:
             raise InvalidToken(missing=True, detail="no registration access token")
+        if client_row.disabled:
+            # An operator's decision holds: the workload may not undo it by
+            # deleting and re-creating, or by rewriting, its registration.
+            raise AccessDenied(
+                "client is disabled by an operator",
+                detail=f"{manager.name} tried to manage disabled {client_id!r}",
+            )
         return to_client(client_row)
 
     async def read(self, client_id: str, manager: Manager) -> dict[str, Any]:
-        client = await self._authorised(client_id, manager)
+        client = await self.authorise(client_id, manager)
         return self._reg.response(Registration(client, False, None))
 
     async def replace(
         self, client_id: str, body: Mapping[str, Any], manager: Manager
     ) -> dict[str, Any]:
         """RFC 7592 §2.2: the body replaces every client-set member."""
-        client = await self._authorised(client_id, manager)
+        client = await self.authorise(client_id, manager)
         for member in (
             "registration_access_token",
             "registration_client_uri",
@@ -335,7 +329,7 @@ class ManagementService:
 
     async def delete(self, client_id: str, manager: Manager) -> None:
         """RFC 7592 §2.3: the client and its registration token are gone."""
-        client = await self._authorised(client_id, manager)
+        client = await self.authorise(client_id, manager)
         now = self._clock.now()
         async with self._db.transaction() as tx:
             await self._repository.delete(tx, client_id)

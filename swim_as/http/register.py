@@ -8,6 +8,7 @@ Bearer``, RFC 6750 §2.1) or of the client's own SVID.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -30,6 +31,8 @@ log = logging.getLogger("swim_as.registration")
 
 NO_STORE_HEADERS = {k.decode(): v.decode() for k, v in NO_STORE}
 PREFIX = "/register/"
+# A client that trickles its body holds a connection and a task: bound it.
+BODY_TIMEOUT_SECONDS = 10.0
 
 
 class RegistrationRoutes:
@@ -50,9 +53,9 @@ class RegistrationRoutes:
 
     async def register(self, request: Request) -> Response:
         """RFC 7591 §3.1: register the caller's own SPIFFE ID."""
-        body = await self._json_object(request)
         caller = self._caller_spiffe_id(request, required=True)
         assert caller is not None
+        body = await self._json_object(request)
         registration = await self._registration.register_self(body, caller)
         return JSONResponse(
             self._registration.response(registration),
@@ -70,6 +73,7 @@ class RegistrationRoutes:
         """RFC 7592 §2.2."""
         client_id = _client_id(request)
         manager = self._manager(request)
+        await self._management.authorise(client_id, manager)
         body = await self._json_object(request)
         updated = await self._management.replace(client_id, body, manager)
         return JSONResponse(updated, headers=NO_STORE_HEADERS)
@@ -117,20 +121,77 @@ class RegistrationRoutes:
             and int(declared) > self._max_body
         ):
             raise RequestTooLarge(detail=f"declared {declared} bytes")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self._max_body:
-                raise RequestTooLarge(detail=f"body over {self._max_body} bytes")
+        chunks: list[bytes] = []
+        size = 0
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise InvalidRequest("body is not valid JSON", detail=str(err)) from err
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self._max_body:
+                        raise RequestTooLarge(
+                            detail=f"body over {self._max_body} bytes"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise InvalidRequest(
+                "request body not received in time",
+                detail=f"body incomplete after {BODY_TIMEOUT_SECONDS} s",
+            ) from None
+        raw = b"".join(chunks)
+        body = parse_json(raw)
         if not isinstance(body, dict):
             raise InvalidRequest(
                 "body must be a JSON object", detail=f"got {type(body).__name__}"
             )
         return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (RFC 8259): UTF-8, no duplicate member names, no lone
+    surrogates, bounded nesting.
+
+    Raises:
+        InvalidRequest: the body is not such a JSON text.
+    """
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(
+            text, object_pairs_hook=_unique_members, parse_constant=_no_constant
+        )
+    except RecursionError:
+        raise InvalidRequest(
+            "body is not valid JSON", detail="JSON nested too deeply"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidRequest("body is not valid JSON", detail=str(err)[:300]) from err
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            raise ValueError(f"member {name[:60]!r} appears twice")
+        _check_text(name)
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    _check_text(item)
+        members[name] = value
+    return members
+
+
+def _check_text(text: str) -> None:
+    # json accepts "\ud800", which no UTF-8 database or terminal can hold.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate escape") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _client_id(request: Request) -> str:

@@ -17,6 +17,9 @@ from swim_as.errors import OAuthError, status_of
 
 log = logging.getLogger("swim_as.http")
 
+# A refusal's detail is logged, not its whole input: the input may be large.
+MAX_DETAIL = 600
+
 NO_STORE = [
     (b"cache-control", b"no-store"),
     (b"pragma", b"no-cache"),
@@ -76,10 +79,13 @@ async def send_error(send: Send, error: OAuthError) -> None:
 def log_refusal(endpoint: str, error: OAuthError, **fields: Any) -> None:
     """One log line per refused request, with the internal detail."""
     level = logging.ERROR if status_of(error) >= 500 else logging.INFO
+    detail = error.detail
+    if len(detail) > MAX_DETAIL:
+        detail = detail[:MAX_DETAIL] + f"... ({len(error.detail)} characters)"
     log.log(
         level,
         "%s refused: %s",
         endpoint,
-        error.detail,
+        detail,
         extra={"event": f"{endpoint}.error", "error": error.error, **fields},
     )

@@ -24,9 +24,11 @@ from swim_as.clientauth.authenticate import (
     ClientAuthenticator,
     Credentials,
 )
+from swim_as.clients.metadata import parse_scope
 from swim_as.errors import (
     InvalidClient,
     InvalidRequest,
+    InvalidScope,
     InvalidTarget,
     OAuthError,
     ServerError,
@@ -141,8 +143,14 @@ class TokenEndpoint:
         self, caller: AuthenticatedClient, grant_type: str, form: dict[str, list[str]]
     ) -> dict[str, Any]:
         scope_text = _single(form, "scope")
+        scopes = parse_scope(scope_text) if scope_text is not None else None
+        if scope_text is not None and scopes is None:
+            raise InvalidScope(
+                "scope is malformed",
+                detail=f"scope {scope_text[:200]!r} (RFC 6749 §3.3)",
+            )
         request = ClientCredentialsRequest(
-            scopes=scope_text.split() if scope_text is not None else None,
+            scopes=scopes,
             resources=[_resource(r) for r in form.get("resource", ())],
         )
         token, decision = self._client_credentials.issue(caller, request)
@@ -193,11 +201,17 @@ class TokenEndpoint:
             peer=_peer(scope),
         )
         if isinstance(error, InvalidClient):
+            # The claimed client_id is not an actor: nobody proved it.
             self._audit.add(
                 "client_auth.failed",
-                actor=_printable(client_id) or thumbprint or "anonymous",
+                actor="unauthenticated",
                 client_id=None,
-                detail={"reason": error.detail[:500], "x5t": thumbprint},
+                detail={
+                    "claimed_client_id": _printable(client_id),
+                    "reason": error.detail[:500],
+                    "x5t": thumbprint,
+                    "peer": _peer(scope),
+                },
             )
 
 

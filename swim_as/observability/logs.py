@@ -20,6 +20,7 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
 }
 
 
@@ -53,7 +54,7 @@ class TextFormatter(logging.Formatter):
             f"{record.levelname:<7} {record.name}: {record.getMessage()}"
         )
         fields = [
-            f"{k}={v}"
+            f"{k}={_text_value(v)}"
             for k, v in record.__dict__.items()
             if k not in _STANDARD and not k.startswith("_")
         ]
@@ -62,6 +63,29 @@ class TextFormatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             base += "\n" + self.formatException(record.exc_info)
         return base
+
+
+def _text_value(value: Any) -> str:
+    """A field value that cannot pass for other fields of the line."""
+    text = str(value)
+    if isinstance(value, str) and (
+        not text or not text.isprintable() or any(c in text for c in " =\"'")
+    ):
+        return json.dumps(text, ensure_ascii=True)
+    return text
+
+
+def _unraisable(unraisable: Any) -> None:
+    # The ssl module reports an exception raised while it decodes a client's
+    # server name as "unraisable"; put it in the log as one line.
+    logging.getLogger("swim_as.server").warning(
+        "ignored exception: %s",
+        unraisable.err_msg or type(unraisable.exc_value).__name__,
+        extra={
+            "event": "server.unraisable",
+            "reason": repr(unraisable.exc_value)[:300],
+        },
+    )
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -77,3 +101,4 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(name).propagate = True
         logging.getLogger(name).setLevel(level)
     logging.getLogger("uvicorn.access").setLevel(level)
+    sys.unraisablehook = _unraisable

@@ -439,3 +439,108 @@ async def test_delete(server: Running, managed: tuple[Svid, dict[str, Any]]) -> 
             )
         ).all()
     assert events[0] == "client.registered" and events[-1] == "client.deleted"
+
+
+# -- hostile input found in review ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"client_name": "\\ud800"}',
+        b'{"client_name": "a", "client_name": "b"}',
+        b'{"n": NaN}',
+        b"\xef\xbb\xbf{}",
+        '{"client_name": "x"}'.encode("utf-16"),
+    ],
+    ids=["deep", "lone-surrogate", "duplicate-member", "nan", "bom", "utf-16"],
+)
+async def test_hostile_json(
+    server: Running, caller: tuple[Svid, str], content: bytes
+) -> None:
+    svid, _ = caller
+    async with server.client(svid) as c:
+        r = await c.post(
+            f"{server.issuer}/register",
+            content=content,
+            headers={"content-type": "application/json"},
+        )
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request"), r.text
+
+
+async def test_deep_json_without_certificate_is_not_parsed(server: Running) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    async with server.client() as c:
+        r = await c.post(
+            f"{server.issuer}/register",
+            content=body[:60_000],
+            headers={"content-type": "application/json"},
+        )
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    assert "certificate" in r.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    "member",
+    ["client_uri", "logo_uri", "tos_uri", "policy_uri", "spiffe_bundle_endpoint"],
+)
+async def test_unparsable_url(
+    server: Running, caller: tuple[Svid, str], member: str
+) -> None:
+    svid, sid = caller
+    r = await server.register(svid, self_body(sid, **{member: "https://[x"}))
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_client_metadata")
+
+
+@pytest.mark.parametrize("scope", ["a\tb", "a  b", "a\u3000b", " a", "a ", "a\\b"])
+async def test_registered_scope_must_be_rfc6749(
+    server: Running, caller: tuple[Svid, str], scope: str
+) -> None:
+    svid, sid = caller
+    r = await server.register(svid, self_body(sid, scope=scope))
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_client_metadata")
+
+
+async def test_repeat_returns_no_new_token(
+    server: Running, managed: tuple[Svid, dict[str, Any]]
+) -> None:
+    svid, reg = managed
+    again = await server.register(svid, self_body(reg["client_id"]))
+    assert again.status_code == 200
+    assert "registration_access_token" not in again.json()
+    async with server.client() as c:
+        r = await c.get(
+            reg["registration_client_uri"],
+            headers=bearer(reg["registration_access_token"]),
+        )
+    assert r.status_code == 200  # the first token is still the valid one
+
+
+async def test_disabled_client_cannot_undo_the_operator(
+    server: Running, managed: tuple[Svid, dict[str, Any]]
+) -> None:
+    from swim_as.clients.admin import ClientAdmin
+
+    svid, reg = managed
+    s = server.services
+    await ClientAdmin(
+        s.db,
+        s.clients,
+        s.registration,
+        s.clock,
+        enabled_methods=frozenset({"tls_client_auth"}),
+        actor="test",
+    ).set_disabled(reg["client_id"], True)
+    async with server.client(svid) as c:
+        deleted = await c.delete(reg["registration_client_uri"])
+        read = await c.get(
+            reg["registration_client_uri"],
+            headers=bearer(reg["registration_access_token"]),
+        )
+    assert (deleted.status_code, deleted.json()["error"]) == (403, "access_denied")
+    assert (read.status_code, read.json()["error"]) == (403, "access_denied")
+    again = await server.register(svid, self_body(reg["client_id"]))
+    assert again.status_code == 200  # the same, still disabled, client
+    t = await server.token(svid, client_id=reg["client_id"])
+    assert (t.status_code, t.json()["error"]) == (400, "invalid_client")

@@ -402,3 +402,22 @@ async def test_get_not_allowed(server: Running, worker: Svid) -> None:
         r = await c.get(f"{server.issuer}/token")
     assert r.status_code == 405
     assert r.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "orders.read\torders.write",
+        "orders.read  orders.write",
+        "orders.read\u3000orders.write",
+        "   ",
+        "orders.read\u00a0x",
+    ],
+    ids=["tab", "double-space", "ideographic-space", "spaces", "nbsp"],
+)
+async def test_scope_separators_are_single_spaces(
+    server: Running, worker: Svid, scope: str
+) -> None:
+    """RFC 6749 §3.3: scope tokens are separated by one SP and nothing else."""
+    r = await server.token(worker, client_id=WORKER, scope=scope)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_scope"), r.text
