@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import unquote_plus
 
 from starlette.types import Receive, Scope
@@ -25,8 +26,24 @@ def content_type_is(scope: Scope, expected: bytes) -> bool:
     return False
 
 
+# A client that trickles its body holds a connection and a task: bound it.
+BODY_TIMEOUT_SECONDS = 10.0
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes."""
+    """The whole request body, refusing more than ``limit`` bytes or a body
+    that takes longer than :data:`BODY_TIMEOUT_SECONDS` to arrive."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            return await _read_body(scope, receive, limit)
+    except TimeoutError:
+        raise InvalidRequest(
+            "request body not received in time",
+            detail=f"body incomplete after {BODY_TIMEOUT_SECONDS} s",
+        ) from None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:

@@ -24,6 +24,7 @@ from swim_as.clients.registration import (
     RegistrationService,
 )
 from swim_as.errors import InvalidRequest, InvalidToken, NotFound, RequestTooLarge
+from swim_as.http.forms import BODY_TIMEOUT_SECONDS
 from swim_as.http.middleware import CERTIFICATE, CERTIFICATE_ERROR
 from swim_as.http.responses import NO_STORE
 
@@ -31,8 +32,6 @@ log = logging.getLogger("swim_as.registration")
 
 NO_STORE_HEADERS = {k.decode(): v.decode() for k, v in NO_STORE}
 PREFIX = "/register/"
-# A client that trickles its body holds a connection and a task: bound it.
-BODY_TIMEOUT_SECONDS = 10.0
 
 
 class RegistrationRoutes:
