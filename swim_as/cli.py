@@ -78,8 +78,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_runnable(settings: Settings) -> None:
-    if settings.tls.cert_file is None or settings.tls.key_file is None:
-        raise CliError("tls.cert_file and tls.key_file are required to serve HTTPS")
+    problems = settings.serving_problems()
+    if problems:
+        raise CliError("cannot serve:\n" + "\n".join(f"  {p}" for p in problems))
     if not settings.trust_domains:
         raise CliError(
             "no [[trust_domains]] configured: no workload could authenticate"

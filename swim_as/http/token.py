@@ -12,7 +12,7 @@ nothing from a request wrapper.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from swim_as.clientauth.authenticate import (
     ClientAuthenticator,
     Credentials,
 )
+from swim_as.clientauth.presented import ForwardedIdentity
 from swim_as.errors import (
     InvalidClient,
     InvalidRequest,
@@ -41,7 +42,7 @@ from swim_as.grants.client_credentials import (
     ClientCredentialsRequest,
 )
 from swim_as.http.forms import FORM_TYPE, content_type_is, parse_form, read_body
-from swim_as.http.middleware import CERTIFICATE, CERTIFICATE_ERROR
+from swim_as.http.middleware import CERTIFICATE, CERTIFICATE_ERROR, FORWARDED_IDENTITY
 from swim_as.http.responses import NO_STORE, log_refusal, send_error, send_json
 from swim_as.observability.audit import AuditBuffer
 
@@ -51,6 +52,11 @@ log = logging.getLogger("swim_as.token")
 REPEATABLE = frozenset({"resource"})
 
 TokenListener = Callable[[AuthenticatedClient], None]
+# Mesh mode with a validating proxy: authenticates a forwarded identity that
+# came without a certificate (swim_as.clientauth.forwarded_identity).
+IdentityAuthenticator = Callable[
+    [ForwardedIdentity, str | None], Awaitable[AuthenticatedClient]
+]
 
 
 class TokenEndpoint:
@@ -64,8 +70,10 @@ class TokenEndpoint:
         *,
         max_body: int,
         on_issued: TokenListener | None = None,
+        forwarded_identity: IdentityAuthenticator | None = None,
     ) -> None:
         self._authenticator = authenticator
+        self._forwarded_identity = forwarded_identity
         self._client_credentials = client_credentials
         self._audit = audit
         self._max_body = max_body
@@ -135,6 +143,17 @@ class TokenEndpoint:
             client_assertion_type=_single(form, "client_assertion_type"),
             client_assertion=_single(form, "client_assertion"),
         )
+        identity = scope.get(FORWARDED_IDENTITY)
+        if (
+            identity is not None
+            and certificate is None
+            and self._forwarded_identity is not None
+            and credentials.client_assertion is None
+            and credentials.client_assertion_type is None
+        ):
+            # Belongs in the authenticator once its method dispatch settles;
+            # see authenticate_forwarded_identity's docstring.
+            return await self._forwarded_identity(identity, client_id)
         return await self._authenticator.authenticate(credentials)
 
     def _issue(
