@@ -117,9 +117,16 @@ def admin(server: Running) -> ClientAdmin:
 
 
 async def verified_claims(mesh: Mesh, token: str) -> dict[str, Any]:
-    """Verify the token as a resource server would (RFC 9068 §4)."""
+    """Verify the token as a resource server would, JWKS via the proxy."""
     async with mesh.via_proxy(None) as c:
-        jwks = (await c.get(f"{mesh.issuer}/jwks")).json()
+        return await claims_of(token, mesh.issuer, c)
+
+
+async def claims_of(
+    token: str, issuer: str, client: httpx.AsyncClient
+) -> dict[str, Any]:
+    """Verify the token as a resource server would (RFC 9068 §4)."""
+    jwks = (await client.get(f"{issuer}/jwks")).json()
     header = jwt.get_unverified_header(token)
     key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
     claims: dict[str, Any] = jwt.decode(
@@ -127,7 +134,7 @@ async def verified_claims(mesh: Mesh, token: str) -> dict[str, Any]:
         jwt.PyJWK(key).key,
         algorithms=[header["alg"]],
         audience="https://api.example.org",
-        issuer=mesh.issuer,
+        issuer=issuer,
     )
     return claims
 
