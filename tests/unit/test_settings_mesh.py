@@ -250,3 +250,19 @@ def test_serve_refuses_with_a_clear_message(
     assert main(["serve", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "cannot serve" in err and "refusing plain HTTP on 0.0.0.0" in err
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    "name,source",
+    [("envoy", "xfcc"), ("istio", "xfcc"), ("nginx", "nginx")],
+    ids=["envoy", "istio", "nginx"],
+)
+def test_example_configurations_serve(name: str, source: str) -> None:
+    """The shipped examples load and pass the start-up checks."""
+    settings = load_settings(EXAMPLES / name / "swim-as.toml")
+    assert settings.server.client_certificate_source == source
+    assert settings.plaintext()
+    assert settings.serving_problems() == []
