@@ -78,7 +78,7 @@ def served_app(settings: Settings) -> ServedApp:
     if apps.mtls is not None:
         also = (Listener(apps.mtls, mtls_tls),)
     if main_tls is None:
-        log.warning(
+        log.info(
             "Serving plain HTTP on %s:%d: TLS is terminated by the proxy in front",
             settings.server.host,
             settings.server.port,

@@ -143,19 +143,19 @@ class TokenEndpoint:
             client_assertion_type=_single(form, "client_assertion_type"),
             client_assertion=_single(form, "client_assertion"),
         )
-        identity = scope.get(FORWARDED_IDENTITY)
-        if (
-            identity is not None
-            and certificate is None
-            and self._forwarded_identity is not None
-            and credentials.client_assertion is None
-            and credentials.client_assertion_type is None
-        ):
-            # Not yet inside ClientAuthenticator, whose method dispatch is
-            # being reworked on another branch; this call moves there (the
-            # X.509 branch, in place of "client certificate required") when
-            # that lands, and this block goes.
-            return await self._forwarded_identity(identity, client_id)
+        if self._forwarded_identity is not None and certificate is None:
+            # Mesh mode with a validating proxy (D5). Not yet inside
+            # ClientAuthenticator, whose method dispatch is being reworked on
+            # another branch; this call moves there (the X.509 branch, in
+            # place of "client certificate required") when that lands, and
+            # this block goes.
+            identity = scope.get(FORWARDED_IDENTITY)
+            if (
+                identity is not None
+                and credentials.client_assertion is None
+                and credentials.client_assertion_type is None
+            ):
+                return await self._forwarded_identity(identity, client_id)
         return await self._authenticator.authenticate(credentials)
 
     def _issue(
