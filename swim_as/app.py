@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,7 +26,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from swim_as.clientauth.authenticate import ClientAuthenticator
-from swim_as.clientauth.presented import CertificateParser
+from swim_as.clientauth.forwarded import HeaderLimits
+from swim_as.clientauth.forwarded_identity import authenticate_forwarded_identity
+from swim_as.clientauth.mesh import (
+    ForwardedCertificateReader,
+    ForwardOptions,
+    TrustedProxies,
+)
+from swim_as.clientauth.presented import CertificateParser, PresentedCertificate
 from swim_as.clients.directory import ClientDirectory
 from swim_as.clients.metadata import SPIFFE_METHODS
 from swim_as.clients.model import SPIFFE_JWT, SPIFFE_X509, TLS_CLIENT_AUTH
@@ -43,14 +51,18 @@ from swim_as.http.discovery import (
     DiscoveryRoutes,
     build_metadata,
 )
-from swim_as.http.middleware import PresentedCertificateMiddleware
+from swim_as.http.middleware import (
+    ForwardedCertificateMiddleware,
+    PresentedCertificateMiddleware,
+)
 from swim_as.http.register import RegistrationRoutes
 from swim_as.http.responses import error_parts, log_refusal
 from swim_as.http.token import TokenEndpoint
 from swim_as.keys.keyring import Keyring, KeyRotator, RotationPolicy, follow_keys
 from swim_as.observability.audit import AuditBuffer
-from swim_as.settings import Settings
+from swim_as.settings import FORWARDED_SOURCES, Settings
 from swim_as.spiffe.ids import TrustDomain
+from swim_as.spiffe.x509svid import VerifiedX509Svid
 from swim_as.storage.clients import SqlClientRepository
 from swim_as.storage.db import Database
 from swim_as.tokens.minter import TokenMinter
@@ -153,8 +165,22 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         management=ManagementService(registration),
         audit=AuditBuffer(db, clock),
         parser=CertificateParser(),
-        metadata=build_metadata(settings.issuer, auth_methods=methods),
+        metadata=build_metadata(
+            settings.issuer, auth_methods=methods, mtls_aliases=mtls_aliases(settings)
+        ),
     )
+
+
+def mtls_aliases(settings: Settings) -> dict[str, str] | None:
+    """RFC 8705 §5 aliases: only when a separate mTLS listener is configured
+    (D10), built from its configured base URL, never from Host."""
+    mtls = settings.server.mtls
+    if mtls is None:
+        return None
+    return {
+        "token_endpoint": mtls.base_url + TOKEN_PATH,
+        "registration_endpoint": mtls.base_url + REGISTER_PATH,
+    }
 
 
 def enabled_methods(settings: Settings) -> list[str]:
@@ -288,6 +314,26 @@ class _FastPath:
             )
 
 
+class _EveryListener:
+    """Hands bundle changes to the TLS contexts of every listener."""
+
+    def __init__(self, listeners: list[HandshakeTrust]) -> None:
+        self._listeners = listeners
+
+    def update(self, *, client_authorities: list[x509.Certificate]) -> None:
+        for listener in self._listeners:
+            listener.update(client_authorities=client_authorities)
+
+
+@dataclass(frozen=True)
+class ListenerApps:
+    """The ASGI applications of one process, one per listener, sharing the
+    services and the routes (and one lifespan, run by ``main``)."""
+
+    main: Any
+    mtls: Any | None
+
+
 def create_app(
     settings: Settings,
     *,
@@ -295,13 +341,36 @@ def create_app(
     tls: HandshakeTrust | None = None,
     services: Services | None = None,
 ) -> Any:
-    """Build the ASGI application of one swim-as process."""
+    """Build the ASGI application of one swim-as process (main listener)."""
+    return create_listener_apps(settings, clock=clock, tls=tls, services=services).main
+
+
+def create_listener_apps(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    tls: HandshakeTrust | None = None,
+    mtls_tls: HandshakeTrust | None = None,
+    services: Services | None = None,
+) -> ListenerApps:
+    """Build the applications of the main listener and, when
+    ``server.mtls`` is configured, of the mTLS listener (RFC 8705 §5).
+
+    The main listener takes the client certificate from the configured
+    source (D5); the mTLS listener always from its own handshake.
+    """
     services = services or build_services(settings, clock=clock)
+    handshakes = [t for t in (tls, mtls_tls) if t is not None]
+    trust_sink: HandshakeTrust | None = None
+    if handshakes:
+        trust_sink = (
+            handshakes[0] if len(handshakes) == 1 else _EveryListener(handshakes)
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.get_running_loop().set_exception_handler(quiet_handshake_failures)
-        await start(services, tls)
+        await start(services, trust_sink)
         try:
             yield
         finally:
@@ -324,6 +393,15 @@ def create_app(
         ClientCredentialsGrant(decider, minter),
         services.audit,
         max_body=settings.server.max_body_bytes,
+        forwarded_identity=(
+            functools.partial(
+                authenticate_forwarded_identity,
+                trust=services.trust,
+                lookup=services.directory.get,
+            )
+            if settings.mesh is not None and settings.mesh.proxy_validates
+            else None
+        ),
     )
     discovery = DiscoveryRoutes(
         services.metadata,
@@ -349,8 +427,62 @@ def create_app(
         REGISTER_PATH + "/{rest:path}", registration.delete, methods=["DELETE"]
     )
     _install_error_handlers(api)
-    app = PresentedCertificateMiddleware(_FastPath(token, api), services.parser)
-    return app
+    routes = _FastPath(token, api)
+    direct = PresentedCertificateMiddleware(routes, services.parser)
+    main: Any = direct
+    if settings.server.client_certificate_source in FORWARDED_SOURCES:
+        main = mesh_middleware(settings, services, routes)
+        log.info(
+            "mesh mode: client certificates from %s headers of trusted proxies",
+            settings.server.client_certificate_source,
+            extra={
+                "event": "mesh.configured",
+                "source": settings.server.client_certificate_source,
+                "header": settings.forward_header(),
+            },
+        )
+    return ListenerApps(
+        main=main, mtls=direct if settings.server.mtls is not None else None
+    )
+
+
+def mesh_middleware(
+    settings: Settings, services: Services, app: Any
+) -> ForwardedCertificateMiddleware:
+    """The mesh-mode middleware for ``[mesh]`` (D5)."""
+    mesh = settings.mesh
+    source = settings.server.client_certificate_source
+    header = settings.forward_header()
+    assert mesh is not None and header is not None
+    assert source in ("xfcc", "rfc9440", "nginx")
+    trust = services.trust
+
+    def verify_proxy(presented: PresentedCertificate) -> VerifiedX509Svid:
+        return trust.verify_x509_svid(
+            presented.leaf, presented.intermediates, presented.cache_key
+        )
+
+    reader = ForwardedCertificateReader(
+        ForwardOptions(
+            source=source,
+            header=header,
+            expected_by=mesh.expected_by,
+            proxy_validates=mesh.proxy_validates,
+            limits=HeaderLimits(
+                max_bytes=mesh.max_header_bytes,
+                max_elements=mesh.max_elements,
+                max_chain=mesh.max_chain_length,
+            ),
+        ),
+        services.parser,
+    )
+    proxies = TrustedProxies(
+        mesh.trusted_proxies,
+        spiffe_ids=mesh.proxy_spiffe_ids,
+        parser=services.parser,
+        verify_svid=verify_proxy,
+    )
+    return ForwardedCertificateMiddleware(app, reader, proxies)
 
 
 def quiet_handshake_failures(

@@ -108,6 +108,9 @@ def _check_runnable(settings: Settings) -> None:
         check_tls,
     )
 
+    problems = settings.serving_problems()
+    if problems:
+        raise CliError("cannot serve:\n" + "\n".join(f"  {p}" for p in problems))
     try:
         check_tls(settings)
         check_bundles(settings)

@@ -24,9 +24,9 @@ class PreflightError(Exception):
 def check_tls(settings: Settings) -> None:
     cert, key = settings.tls.cert_file, settings.tls.key_file
     if cert is None or key is None:
-        raise PreflightError(
-            "tls.cert_file and tls.key_file are required to serve HTTPS"
-        )
+        # Plain HTTP behind a proxy; Settings.serving_problems() decided
+        # whether that is allowed.
+        return
     for name, path in (("tls.cert_file", cert), ("tls.key_file", key)):
         _readable(name, path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

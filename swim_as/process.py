@@ -9,37 +9,93 @@ key from the database (D7).
 from __future__ import annotations
 
 import functools
+import logging
 import ssl
 
-from swim_as.app import create_app
+from swim_as.app import create_listener_apps
 from swim_as.observability.logs import configure_logging
-from swim_as.server import ServedApp, run
+from swim_as.server import Listener, ServedApp, run
 from swim_as.settings import Settings
 from swim_as.tls import TlsContextManager
 
 MIN_VERSION = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
+log = logging.getLogger("swim_as.process")
+
+
+class ListenerConfigError(ValueError):
+    """The settings cannot serve (see ``Settings.serving_problems``)."""
+
+
+def tls_contexts(
+    settings: Settings,
+) -> tuple[TlsContextManager | None, TlsContextManager | None]:
+    """The TLS contexts of the main listener (``None``: plain HTTP behind a
+    proxy, mesh mode) and of the separate mTLS listener, if configured.
+
+    Client authorities arrive when the lifespan loads the trust bundles.
+
+    Raises:
+        ListenerConfigError: the settings cannot serve.
+    """
+    problems = settings.serving_problems()
+    if problems:
+        raise ListenerConfigError("; ".join(problems))
+    tls = settings.tls
+    if tls.cert_file is None or tls.key_file is None:
+        return None, None
+    main = TlsContextManager(
+        tls.cert_file,
+        tls.key_file,
+        (),
+        min_version=MIN_VERSION[tls.min_version],
+        # D5: in mesh mode the handshake certificate only ever identifies
+        # the proxy, so it is asked for only when proxy SPIFFE IDs are
+        # checked; source 'none' asks for nothing.
+        request_client_certificate=_main_listener_asks(settings),
+    )
+    mtls = None
+    if settings.server.mtls is not None:
+        mtls = TlsContextManager(
+            tls.cert_file, tls.key_file, (), min_version=MIN_VERSION[tls.min_version]
+        )
+    return main, mtls
+
+
+def _main_listener_asks(settings: Settings) -> bool:
+    source = settings.server.client_certificate_source
+    if source == "tls":
+        return True
+    if source == "none":
+        return False
+    return settings.mesh is not None and bool(settings.mesh.proxy_spiffe_ids)
+
 
 def served_app(settings: Settings) -> ServedApp:
-    """Build the application and the TLS contexts of one process.
+    """Build the applications and the TLS contexts of one process.
 
     Worker processes start with ``spawn``: logging is configured here again
     so that every process logs the same way.
     """
     configure_logging(settings.logging.level, settings.logging.format)
-    assert settings.tls.cert_file is not None and settings.tls.key_file is not None
-    # Client authorities arrive when the lifespan loads the trust bundles.
-    tls = TlsContextManager(
-        settings.tls.cert_file,
-        settings.tls.key_file,
-        (),
-        min_version=MIN_VERSION[settings.tls.min_version],
-    )
-    return ServedApp(create_app(settings, tls=tls), tls)
+    main_tls, mtls_tls = tls_contexts(settings)
+    apps = create_listener_apps(settings, tls=main_tls, mtls_tls=mtls_tls)
+    also: tuple[Listener, ...] = ()
+    if apps.mtls is not None:
+        also = (Listener(apps.mtls, mtls_tls),)
+    if main_tls is None:
+        log.info(
+            "Serving plain HTTP on %s:%d: TLS is terminated by the proxy in front",
+            settings.server.host,
+            settings.server.port,
+            extra={"event": "server.plaintext"},
+        )
+    return ServedApp(apps.main, main_tls, also)
 
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
+    mtls = settings.server.mtls
     run(
         functools.partial(served_app, settings),
         host=settings.server.host,
@@ -47,4 +103,5 @@ def serve(settings: Settings) -> None:
         workers=settings.server.workers,
         access_log=settings.server.access_log,
         log_config=None,
+        also_listen=((mtls.host, mtls.port),) if mtls is not None else (),
     )

@@ -14,12 +14,19 @@ Entry points:
   binds the socket once and supervises worker processes (``spawn``) that each
   build their own application and TLS contexts from a picklable factory.
 - :func:`serving` serves in the running event loop, for tests.
+
+A process may serve further listeners beside the main one (a separate mTLS
+listener for RFC 8705 §5 aliases), each with its own application wrapper
+and TLS contexts, on the same event loop. The main listener's server runs
+the application's lifespan; the others start after it and stop before its
+lifespan ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import multiprocessing
@@ -43,6 +50,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from swim_as.tls import TlsContextManager, tls_scope_extension
 
 __all__ = [
+    "Listener",
     "ServedApp",
     "TlsH11Protocol",
     "WorkersFailedError",
@@ -250,13 +258,24 @@ def protocol_class(http: HttpImplementation = "auto") -> type[asyncio.Protocol]:
 
 
 @dataclass(frozen=True)
-class ServedApp:
-    """What one server process serves: the ASGI application and the TLS
-    contexts of its listener (``None`` for plain HTTP, e.g. behind a sidecar
-    that terminates mTLS and forwards the certificate)."""
+class Listener:
+    """A further listener of a process: its application (usually the same
+    routes behind another middleware) and its TLS contexts."""
 
     app: ASGIApp
     tls: TlsContextManager | None
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    """What one server process serves: the ASGI application and the TLS
+    contexts of its listener (``None`` for plain HTTP, e.g. behind a sidecar
+    that terminates mTLS and forwards the certificate), and the further
+    listeners, in the order of the addresses given to :func:`run`."""
+
+    app: ASGIApp
+    tls: TlsContextManager | None
+    also: tuple[Listener, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,8 +319,12 @@ def run(
     backlog: int = 2048,
     max_restarts: int = 5,
     restart_window: float = 60.0,
+    also_listen: tuple[tuple[str, int], ...] = (),
 ) -> None:
     """Serve ``factory()`` until SIGTERM or SIGINT, then stop gracefully.
+
+    ``also_listen`` are the addresses of further listeners; ``factory()``
+    must return one :class:`Listener` for each in ``ServedApp.also``.
 
     ``factory`` builds the application and its :class:`TlsContextManager`
     and is called once per serving process. With ``workers == 1`` it runs
@@ -347,19 +370,23 @@ def run(
                 "function or a functools.partial of one with picklable arguments"
             ) from err
 
-    sock = _bind_socket(host, port, backlog)
-    with sock:
-        logger.info(
-            "Serving on %s:%d with %d process(es)",
-            host,
-            sock.getsockname()[1],
-            workers,
-            extra={"event": "server.started", "workers": workers},
-        )
+    with contextlib.ExitStack() as stack:
+        sockets = []
+        for address in ((host, port), *also_listen):
+            sockets.append(stack.enter_context(_bind_socket(*address, backlog)))
+        for sock in sockets:
+            bound = sock.getsockname()
+            logger.info(
+                "Serving on %s:%d with %d process(es)",
+                bound[0],
+                bound[1],
+                workers,
+                extra={"event": "server.started", "workers": workers},
+            )
         if workers == 1:
-            _serve_socket(factory(), sock, options)
+            _serve_sockets(factory(), sockets, options)
         else:
-            _Supervisor(factory, sock, options).run()
+            _Supervisor(factory, sockets, options).run()
     logger.info("Server stopped", extra={"event": "server.stopped"})
 
 
@@ -374,8 +401,11 @@ async def serving(
     lifespan: Literal["auto", "on", "off"] = "auto",
     timeout_graceful_shutdown: int = 5,
     startup_timeout: float = 10.0,
+    also: tuple[tuple[Listener, int], ...] = (),
 ) -> AsyncIterator[int]:
     """Serve ``app`` in the running event loop; yield the bound port.
+
+    ``also`` are further listeners on ``host``, each with its port.
 
     For tests: the server runs as a task of the caller's loop (so the
     application shares the loop with the test), installs no signal handlers,
@@ -394,10 +424,14 @@ async def serving(
         lifespan=lifespan,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
     )
-    sock = _bind_socket(host, port, options.backlog)
-    with sock:
-        config = _uvicorn_config(ServedApp(app, tls), options)
-        server = _Server(config, handle_signals=False)
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(_bind_socket(host, port, options.backlog))
+        others = [
+            stack.enter_context(_bind_socket(host, other_port, options.backlog))
+            for _, other_port in also
+        ]
+        served = ServedApp(app, tls, tuple(listener for listener, _ in also))
+        server = _main_server(served, others, options, handle_signals=False)
         task = asyncio.create_task(_serve_in_task(server, sock))
         try:
             async with asyncio.timeout(startup_timeout):
@@ -490,11 +524,70 @@ def _fixed(
 class _Server(uvicorn.Server):
     """uvicorn's server, stopping on SIGTERM/SIGINT without re-raising the
     signal afterwards (uvicorn does, which turns a clean stop into a
-    KeyboardInterrupt or a death by SIGTERM)."""
+    KeyboardInterrupt or a death by SIGTERM).
 
-    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
+    It may carry companions: servers of further listeners on the same loop,
+    started once this one is up (its lifespan has run) and stopped before
+    its own shutdown (and lifespan shutdown) begins. A companion that fails
+    stops the whole process; :attr:`companion_error` then says why.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        handle_signals: bool,
+        companions: list[tuple[_Server, socket.socket]] | None = None,
+    ) -> None:
         super().__init__(config)
         self.handle_signals = handle_signals
+        self._companions = companions or []
+        self._companion_tasks: list[asyncio.Task[None]] = []
+        self.companion_error: BaseException | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.should_exit or not self._companions:
+            return
+        # Started means every listener is up, for those who wait on it.
+        self.started = False
+        for companion, sock in self._companions:
+            task = asyncio.create_task(_serve_in_task(companion, sock))
+            task.add_done_callback(self._companion_done)
+            self._companion_tasks.append(task)
+        try:
+            for (companion, _), task in zip(
+                self._companions, self._companion_tasks, strict=True
+            ):
+                await _wait_started(companion, task)
+        except Exception as err:
+            self._companion_failed(err)
+        self.started = True
+
+    def _companion_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.should_exit:
+            return
+        error = task.exception()
+        self._companion_failed(error or RuntimeError("a listener stopped"))
+
+    def _companion_failed(self, error: BaseException) -> None:
+        if self.companion_error is None:
+            self.companion_error = error
+            logger.error(
+                "A listener failed (%s); stopping the process",
+                error,
+                extra={"event": "server.listener_failed"},
+            )
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for companion, _ in self._companions:
+            companion.should_exit = True
+            companion.force_exit = self.force_exit
+        for task in self._companion_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -512,23 +605,65 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _serve_socket(served: ServedApp, sock: socket.socket, options: _Options) -> None:
-    server = _Server(_uvicorn_config(served, options), handle_signals=True)
-    server.run(sockets=[sock])
+def _main_server(
+    served: ServedApp,
+    others: list[socket.socket],
+    options: _Options,
+    *,
+    handle_signals: bool,
+) -> _Server:
+    if len(served.also) != len(others):
+        raise ValueError(
+            f"{len(others)} further listening sockets but {len(served.also)} "
+            "further listeners (ServedApp.also)"
+        )
+    # The lifespan is the application's, shared by every listener: only the
+    # main listener's server runs it.
+    companion_options = dataclasses.replace(options, lifespan="off")
+    companions = [
+        (
+            _Server(
+                _uvicorn_config(
+                    ServedApp(listener.app, listener.tls), companion_options
+                ),
+                handle_signals=False,
+            ),
+            sock,
+        )
+        for listener, sock in zip(served.also, others, strict=True)
+    ]
+    return _Server(
+        _uvicorn_config(served, options),
+        handle_signals=handle_signals,
+        companions=companions,
+    )
+
+
+def _serve_sockets(
+    served: ServedApp, sockets: list[socket.socket], options: _Options
+) -> None:
+    server = _main_server(served, sockets[1:], options, handle_signals=True)
+    server.run(sockets=sockets[:1])
+    if server.companion_error is not None:
+        raise RuntimeError(
+            f"a listener failed: {server.companion_error}"
+        ) from server.companion_error
 
 
 def _worker_main(
-    factory: Callable[[], ServedApp], sock: socket.socket, options: _Options
+    factory: Callable[[], ServedApp], sockets: list[socket.socket], options: _Options
 ) -> None:
     # Entry point of a worker process (spawn): its own application, its own
-    # TLS contexts, the parent's listening socket.
+    # TLS contexts, the parent's listening sockets.
     try:
         if options.log_config is not None:
             import logging.config
 
             logging.config.dictConfig(options.log_config)
-        with sock:
-            _serve_socket(factory(), sock, options)
+        with contextlib.ExitStack() as stack:
+            for sock in sockets:
+                stack.enter_context(sock)
+            _serve_sockets(factory(), sockets, options)
     except KeyboardInterrupt:
         # Ctrl+C reached the worker before its handlers were installed.
         pass
@@ -541,11 +676,11 @@ class _Supervisor:
     def __init__(
         self,
         factory: Callable[[], ServedApp],
-        sock: socket.socket,
+        sockets: list[socket.socket],
         options: _Options,
     ) -> None:
         self._factory = factory
-        self._sock = sock
+        self._sockets = sockets
         self._options = options
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[multiprocessing.process.BaseProcess] = []
@@ -574,7 +709,7 @@ class _Supervisor:
     def _start(self) -> multiprocessing.process.BaseProcess:
         process = self._context.Process(
             target=_worker_main,
-            args=(self._factory, self._sock, self._options),
+            args=(self._factory, self._sockets, self._options),
             name="swim-as-worker",
         )
         process.start()

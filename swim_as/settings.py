@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +41,46 @@ CLOCK_LEEWAY_SECONDS = 60
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+CertificateSource = Literal["tls", "xfcc", "rfc9440", "nginx", "none"]
+# Sources that read the client certificate from a proxy's header (D5).
+FORWARDED_SOURCES = ("xfcc", "rfc9440", "nginx")
+# Header each forwarded source reads unless mesh.header says otherwise.
+DEFAULT_FORWARD_HEADERS = {
+    "xfcc": "x-forwarded-client-cert",
+    "nginx": "x-ssl-client-cert",
+    "rfc9440": "client-cert",
+}
+
+
+def _https_base(value: str, name: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.netloc:
+        raise ValueError(f"{name} must be an https URL")
+    if parts.query or parts.fragment or "#" in value or "?" in value:
+        raise ValueError(f"{name} must have no query and no fragment")
+    return value.rstrip("/")
+
+
+class MtlsListenerSettings(_Section):
+    """A second listener, served by the same process, that asks every client
+    for a certificate; discovery then names it in ``mtls_endpoint_aliases``
+    (RFC 8705 §5). It uses the server certificate of ``[tls]``."""
+
+    host: str = Field("127.0.0.1", description="Address of the mTLS listener.")
+    port: int = Field(ge=0, le=65535, description="Port of the mTLS listener.")
+    base_url: str = Field(
+        description=(
+            "https URL at which clients reach this listener; the aliases in "
+            "discovery are built from it, never from Host."
+        )
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_is_https(cls, value: str) -> str:
+        return _https_base(value, "server.mtls.base_url")
 
 
 class ServerSettings(_Section):
@@ -54,6 +102,20 @@ class ServerSettings(_Section):
         ge=1024,
         description="Largest request body accepted on /token and /register.",
     )
+    client_certificate_source: CertificateSource = Field(
+        "tls",
+        description=(
+            "Where the client certificate comes from (D5): 'tls', the handshake "
+            "swim-as terminates; 'xfcc', 'rfc9440' or 'nginx', a header set by "
+            "a trusted proxy (mesh mode, configured in [mesh]); 'none', no "
+            "client certificate on this listener (use server.mtls for mTLS "
+            "clients). Never two sources on one listener."
+        ),
+    )
+    mtls: MtlsListenerSettings | None = Field(
+        None,
+        description="A separate listener for mTLS clients (RFC 8705 §5 aliases).",
+    )
 
 
 class TlsSettings(_Section):
@@ -65,6 +127,106 @@ class TlsSettings(_Section):
     )
     key_file: Path | None = Field(None, description="PEM file: the server's key.")
     min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version.")
+
+
+class MeshSettings(_Section):
+    """Mesh mode: the client certificate arrives in a header from a proxy
+    (Envoy/Istio sidecar, nginx) that terminated the client's mTLS (D5).
+
+    The header is honoured only from a trusted proxy: the peer address must
+    be in ``trusted_proxies`` and, when ``proxy_spiffe_ids`` is set, the
+    peer must present one of those X.509-SVIDs in its own handshake with
+    swim-as. From anyone else it is dropped and the attempt logged.
+    """
+
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        min_length=1,
+        description=(
+            "Addresses (CIDR) the proxy connects from, e.g. 127.0.0.1/32 for a "
+            "sidecar in the same pod."
+        ),
+    )
+    proxy_spiffe_ids: list[str] = Field(
+        default_factory=list,
+        description=(
+            "SPIFFE IDs the proxy's own certificate may carry, when it connects "
+            "to swim-as over mTLS. That certificate identifies the proxy, never "
+            "the client. Needs [tls]."
+        ),
+    )
+    header: str | None = Field(
+        None,
+        description=(
+            "Header to read: default x-forwarded-client-cert (xfcc) or "
+            "x-ssl-client-cert (nginx). Not settable for rfc9440."
+        ),
+    )
+    expected_by: str | None = Field(
+        None,
+        description=(
+            "xfcc only: the 'By' value (URI SAN of the certificate the proxy "
+            "showed the client, i.e. swim-as's own identity) the element must "
+            "carry."
+        ),
+    )
+    proxy_validates: bool = Field(
+        False,
+        description=(
+            "xfcc only: the proxy verifies client certificates against the "
+            "right bundles itself, so an element with a URI but no Cert may "
+            "authenticate; such tokens carry no certificate binding."
+        ),
+    )
+    allow_plaintext: bool = Field(
+        False,
+        description=(
+            "Allow plain HTTP (no [tls]) on an address that is not loopback. "
+            "Without it, plain HTTP is served only on 127.0.0.1, ::1 or localhost."
+        ),
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=256 * 1024, description="Largest header accepted."
+    )
+    max_elements: int = Field(
+        16, ge=1, le=64, description="Most XFCC elements (proxy hops) accepted."
+    )
+    max_chain_length: int = Field(
+        8, ge=1, le=16, description="Most certificates in a forwarded chain."
+    )
+
+    @field_validator("proxy_spiffe_ids")
+    @classmethod
+    def _strict_ids(cls, values: list[str]) -> list[str]:
+        from swim_as.spiffe.errors import SpiffeIdError
+        from swim_as.spiffe.ids import SpiffeId
+
+        for value in values:
+            try:
+                SpiffeId.parse(value)
+            except SpiffeIdError as err:
+                raise ValueError(f"mesh.proxy_spiffe_ids: {err}") from err
+        return values
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value or not all(c.isalnum() or c in "-_" for c in value):
+                raise ValueError(f"mesh.header {value!r} is not a header name")
+            return value.lower()
+        return value
+
+    @model_validator(mode="after")
+    def _not_everyone(self) -> MeshSettings:
+        if not self.proxy_spiffe_ids and any(
+            n.prefixlen == 0 for n in self.trusted_proxies
+        ):
+            raise ValueError(
+                "mesh.trusted_proxies trusts every address: anyone who reaches "
+                "swim-as could forge a client certificate; list the proxy's "
+                "addresses, or also set mesh.proxy_spiffe_ids"
+            )
+        return self
 
 
 class DatabaseSettings(_Section):
@@ -246,6 +408,7 @@ class Settings(BaseSettings):
     trust_domains: list[TrustDomainSettings] = Field(default_factory=list)
     keys: KeySettings = KeySettings()
     tokens: TokenSettings
+    mesh: MeshSettings | None = None
     registration: RegistrationSettings = RegistrationSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -285,6 +448,97 @@ class Settings(BaseSettings):
             raise ValueError(f"trust domain listed twice: {', '.join(duplicates)}")
         return self
 
+    @model_validator(mode="after")
+    def _one_certificate_source(self) -> Settings:
+        # D5: one source per listener, and no settings that would silently
+        # do nothing.
+        source, mesh = self.server.client_certificate_source, self.mesh
+        if source in FORWARDED_SOURCES and mesh is None:
+            raise ValueError(
+                f"server.client_certificate_source = {source!r} reads a header "
+                "from a proxy: add a [mesh] section with trusted_proxies"
+            )
+        if source not in FORWARDED_SOURCES and mesh is not None:
+            raise ValueError(
+                f"[mesh] is set but server.client_certificate_source is "
+                f"{source!r}: forwarded headers would be ignored; set the source "
+                "to 'xfcc', 'rfc9440' or 'nginx', or remove [mesh]"
+            )
+        if mesh is not None:
+            if source != "xfcc" and mesh.expected_by is not None:
+                raise ValueError(
+                    f"mesh.expected_by applies to XFCC only, not to {source!r}"
+                )
+            if source != "xfcc" and mesh.proxy_validates:
+                raise ValueError(
+                    "mesh.proxy_validates applies to XFCC only (an identity "
+                    f"without a certificate), not to {source!r}"
+                )
+            if source == "rfc9440" and mesh.header is not None:
+                raise ValueError(
+                    "mesh.header cannot be set for rfc9440: the headers are "
+                    "Client-Cert and Client-Cert-Chain"
+                )
+        mtls = self.server.mtls
+        if mtls is not None:
+            if mtls.base_url == self.issuer:
+                raise ValueError(
+                    "server.mtls.base_url must differ from the issuer: an alias "
+                    "to the same URL is no alias"
+                )
+            if (mtls.host, mtls.port) == (self.server.host, self.server.port) and (
+                mtls.port != 0
+            ):
+                raise ValueError(
+                    "server.mtls listens on the same address and port as server"
+                )
+        return self
+
+    def forward_header(self) -> str | None:
+        """The header mesh mode reads, or None outside mesh mode."""
+        source = self.server.client_certificate_source
+        if source not in FORWARDED_SOURCES or self.mesh is None:
+            return None
+        return self.mesh.header or DEFAULT_FORWARD_HEADERS[source]
+
+    def plaintext(self) -> bool:
+        """True when the main listener serves plain HTTP (mesh mode, no
+        [tls] certificate)."""
+        return self.tls.cert_file is None and self.tls.key_file is None
+
+    def serving_problems(self) -> list[str]:
+        """What stops this configuration from serving (checked at start-up,
+        not at load: other commands need no listener)."""
+        problems: list[str] = []
+        tls, server, mesh = self.tls, self.server, self.mesh
+        if (tls.cert_file is None) != (tls.key_file is None):
+            problems.append("set both tls.cert_file and tls.key_file, or neither")
+            return problems
+        if not self.plaintext():
+            return problems
+        if server.client_certificate_source not in FORWARDED_SOURCES:
+            problems.append(
+                "tls.cert_file and tls.key_file are required to serve HTTPS "
+                "(plain HTTP only in mesh mode, behind a proxy that terminates TLS)"
+            )
+            return problems
+        assert mesh is not None
+        if server.mtls is not None:
+            problems.append("server.mtls needs tls.cert_file and tls.key_file")
+        if mesh.proxy_spiffe_ids:
+            problems.append(
+                "mesh.proxy_spiffe_ids needs TLS between the proxy and swim-as: "
+                "set tls.cert_file and tls.key_file"
+            )
+        if not mesh.allow_plaintext and not is_loopback(server.host):
+            problems.append(
+                f"refusing plain HTTP on {server.host}, which is not a loopback "
+                "address: bind 127.0.0.1 (the sidecar's side of the pod), set "
+                "[tls], or set mesh.allow_plaintext = true if the network between "
+                "the proxy and swim-as is protected"
+            )
+        return problems
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -301,6 +555,16 @@ class Settings(BaseSettings):
     def endpoint(self, path: str) -> str:
         """An absolute URL under the issuer (RFC 8414 §3)."""
         return f"{self.issuer}{path}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback literal or ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -88,9 +88,12 @@ def build_server_context(
     client_authorities: Sequence[x509.Certificate],
     *,
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+    request_client_certificate: bool = True,
 ) -> ssl.SSLContext:
     """Build a server context that asks for, but does not require, a client
-    certificate.
+    certificate (or, with ``request_client_certificate=False``, does not ask
+    for one at all: a listener whose clients authenticate elsewhere, e.g.
+    beside a separate mTLS listener, RFC 8705 §5).
 
     ``client_authorities`` is everything a client certificate may chain to:
     the roots of every trust domain and, when registered, self-signed client
@@ -109,7 +112,9 @@ def build_server_context(
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = min_version
-    context.verify_mode = ssl.CERT_OPTIONAL
+    context.verify_mode = (
+        ssl.CERT_OPTIONAL if request_client_certificate else ssl.CERT_NONE
+    )
     context.verify_flags = CLIENT_VERIFY_FLAGS
     context.options |= ssl.OP_NO_TICKET
     context.num_tickets = 0
@@ -141,15 +146,21 @@ class TlsContextManager:
         client_authorities: Sequence[x509.Certificate] = (),
         *,
         min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+        request_client_certificate: bool = True,
     ) -> None:
         self._cert_file = cert_file
         self._key_file = key_file
         self._client_authorities = tuple(client_authorities)
         self._min_version = min_version
+        self._request_client_certificate = request_client_certificate
         self._lock = threading.Lock()
 
         self._base = build_server_context(
-            cert_file, key_file, self._client_authorities, min_version=min_version
+            cert_file,
+            key_file,
+            self._client_authorities,
+            min_version=min_version,
+            request_client_certificate=request_client_certificate,
         )
         self._base.sni_callback = self._select_context
         self._current = self._base
@@ -196,7 +207,11 @@ class TlsContextManager:
                 else tuple(client_authorities)
             )
             context = build_server_context(
-                cert, key, authorities, min_version=self._min_version
+                cert,
+                key,
+                authorities,
+                min_version=self._min_version,
+                request_client_certificate=self._request_client_certificate,
             )
 
             self._cert_file, self._key_file = cert, key

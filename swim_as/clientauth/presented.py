@@ -38,6 +38,25 @@ class PresentedCertificate:
     proven: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardedIdentity:
+    """A client identity a trusted, validating proxy vouched for, without
+    the certificate behind it (D5).
+
+    An Envoy XFCC element can name the client (``URI``) without forwarding
+    its certificate. swim-as cannot verify such an identity itself, so it
+    is only produced for a proxy the operator marked as validating, and a
+    token issued on it is never certificate-bound: ``proven`` is always
+    false. ``sha256_hex`` is the proxy's ``Hash`` of the client certificate,
+    kept for the log only.
+    """
+
+    spiffe_id: str
+    source: Source
+    sha256_hex: str | None = None
+    proven: bool = False
+
+
 def thumbprint_of(der: bytes) -> str:
     """RFC 8705 §3.1 x5t#S256 of a DER certificate."""
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()

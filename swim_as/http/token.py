@@ -12,7 +12,7 @@ nothing from a request wrapper.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from swim_as.clientauth.authenticate import (
     ClientAuthenticator,
     Credentials,
 )
+from swim_as.clientauth.presented import ForwardedIdentity
 from swim_as.clients.metadata import parse_scope
 from swim_as.errors import (
     InvalidClient,
@@ -43,7 +44,7 @@ from swim_as.grants.client_credentials import (
     ClientCredentialsRequest,
 )
 from swim_as.http.forms import FORM_TYPE, content_type_is, parse_form, read_body
-from swim_as.http.middleware import CERTIFICATE, CERTIFICATE_ERROR
+from swim_as.http.middleware import CERTIFICATE, CERTIFICATE_ERROR, FORWARDED_IDENTITY
 from swim_as.http.responses import NO_STORE, log_refusal, send_error, send_json
 from swim_as.observability.audit import AuditBuffer
 
@@ -53,6 +54,11 @@ log = logging.getLogger("swim_as.token")
 REPEATABLE = frozenset({"resource"})
 
 TokenListener = Callable[[AuthenticatedClient], None]
+# Mesh mode with a validating proxy: authenticates a forwarded identity that
+# came without a certificate (swim_as.clientauth.forwarded_identity).
+IdentityAuthenticator = Callable[
+    [ForwardedIdentity, str | None], Awaitable[AuthenticatedClient]
+]
 
 
 class TokenEndpoint:
@@ -66,8 +72,10 @@ class TokenEndpoint:
         *,
         max_body: int,
         on_issued: TokenListener | None = None,
+        forwarded_identity: IdentityAuthenticator | None = None,
     ) -> None:
         self._authenticator = authenticator
+        self._forwarded_identity = forwarded_identity
         self._client_credentials = client_credentials
         self._audit = audit
         self._max_body = max_body
@@ -137,6 +145,19 @@ class TokenEndpoint:
             client_assertion_type=_single(form, "client_assertion_type"),
             client_assertion=_single(form, "client_assertion"),
         )
+        if self._forwarded_identity is not None and certificate is None:
+            # Mesh mode with a validating proxy (D5). Not yet inside
+            # ClientAuthenticator, whose method dispatch is being reworked on
+            # another branch; this call moves there (the X.509 branch, in
+            # place of "client certificate required") when that lands, and
+            # this block goes.
+            identity = scope.get(FORWARDED_IDENTITY)
+            if (
+                identity is not None
+                and credentials.client_assertion is None
+                and credentials.client_assertion_type is None
+            ):
+                return await self._forwarded_identity(identity, client_id)
         return await self._authenticator.authenticate(credentials)
 
     def _issue(

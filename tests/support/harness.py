@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from swim_as.app import build_services, create_app
-from swim_as.process import MIN_VERSION
-from swim_as.server import serving
+from swim_as.app import build_services, create_listener_apps
+from swim_as.process import tls_contexts
+from swim_as.server import Listener, serving
 from swim_as.settings import Settings
 from swim_as.storage.migrate import upgrade
 from swim_as.tls import TlsContextManager
@@ -64,9 +64,10 @@ class Running:
     issuer: str
     settings: Settings
     services: Any
-    tls: TlsContextManager
+    tls: TlsContextManager | None
     clock: OffsetClock
     pki: TestPki
+    port: int = 0
 
     def client(self, svid: Svid | None = None, **options: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -124,7 +125,9 @@ def make_settings(
         "logging": {"format": "text"},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
+        if value is None:
+            data.pop(key, None)  # e.g. tls=None: plain HTTP behind a proxy
+        elif isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
         else:
             data[key] = value
@@ -143,19 +146,21 @@ def free_port() -> int:
 async def running_server(
     pki: TestPki, database_url: str, folder: Path, **overrides: Any
 ) -> AsyncIterator[Running]:
-    """Migrate, then serve swim-as until the block ends."""
-    port = free_port()
+    """Migrate, then serve swim-as until the block ends.
+
+    ``port`` in the overrides picks the port (the issuer then stays the
+    caller's, e.g. a proxy's URL); the TLS contexts and listeners follow the
+    settings as ``swim-as serve`` builds them.
+    """
+    port = overrides.pop("port", None) or free_port()
     settings = make_settings(pki, database_url, folder, port=port, **overrides)
     await asyncio.to_thread(upgrade, settings.database.url)
     clock = OffsetClock()
-    assert settings.tls.cert_file is not None and settings.tls.key_file is not None
-    tls = TlsContextManager(
-        settings.tls.cert_file,
-        settings.tls.key_file,
-        (),
-        min_version=MIN_VERSION[settings.tls.min_version],
-    )
+    tls, mtls_tls = tls_contexts(settings)
     services = build_services(settings, clock=clock)
-    app = create_app(settings, tls=tls, services=services)
-    async with serving(app, tls, port=port):
-        yield Running(settings.issuer, settings, services, tls, clock, pki)
+    apps = create_listener_apps(settings, tls=tls, mtls_tls=mtls_tls, services=services)
+    also: tuple[tuple[Listener, int], ...] = ()
+    if apps.mtls is not None and settings.server.mtls is not None:
+        also = ((Listener(apps.mtls, mtls_tls), settings.server.mtls.port),)
+    async with serving(apps.main, tls, port=port, also=also):
+        yield Running(settings.issuer, settings, services, tls, clock, pki, port)

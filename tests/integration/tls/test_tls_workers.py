@@ -34,8 +34,11 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, pki: Any, workers: int, log: Path) -> None:
+    def __init__(
+        self, pki: Any, workers: int, log: Path, *, second: bool = False
+    ) -> None:
         self.port = _free_port()
+        self.second_port = _free_port() if second else None
         self.log = log
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]))
         self._log_file = log.open("wb")
@@ -48,6 +51,7 @@ class ServerProcess:
                 str(pki.server.cert_file),
                 str(pki.server.key_file),
                 str(pki.root_a.cert_file),
+                *([str(self.second_port)] if second else []),
             ],
             env=env,
             stdout=self._log_file,
@@ -73,8 +77,10 @@ class ServerProcess:
 def start_server(pki, tmp_path):
     started: list[ServerProcess] = []
 
-    def start(workers: int) -> ServerProcess:
-        server = ServerProcess(pki, workers, tmp_path / f"server-{len(started)}.log")
+    def start(workers: int, second: bool = False) -> ServerProcess:
+        server = ServerProcess(
+            pki, workers, tmp_path / f"server-{len(started)}.log", second=second
+        )
         started.append(server)
         return server
 
@@ -173,3 +179,28 @@ async def test_two_workers_serve_restart_and_stop(start_server, client):
     for pid in workers - {victim} | replacement:
         assert _gone(pid), f"worker {pid} still running"
     assert "restarting it" in server.output()
+
+
+async def test_two_listeners_in_every_worker(start_server, client):
+    """A second listener (RFC 8705 §5 aliases) is served by the same worker
+    processes, with its own TLS contexts, and stops with them."""
+    server = start_server(2, second=True)
+    await _wait_until_serving(client, server)
+    assert server.second_port is not None
+
+    for port in (server.port, server.second_port):
+        connection = await client.open(port, client.context(client.pki.leaf_a))
+        try:
+            response = await connection.get("/")
+        finally:
+            await connection.close()
+        body = response.json()
+        assert body["port"] == port and body["chain"] == 2
+        assert body["pid"] != server.process.pid
+
+    both = await _pids_until(client, server.second_port, lambda pids: len(pids) == 2)
+    assert len(both) == 2, server.output()
+    code = await asyncio.to_thread(server.stop)
+    assert code == 0, server.output()
+    for pid in both:
+        assert _gone(pid), f"worker {pid} still running"

@@ -1,5 +1,6 @@
 """A server process for test_tls_workers.py: ``python tls_worker_app.py PORT
-WORKERS CERT KEY CA``. Serves on 127.0.0.1 only.
+WORKERS CERT KEY CA [SECOND_PORT]``. Serves on 127.0.0.1 only; with
+SECOND_PORT, also on a second listener with its own TLS contexts.
 
 ``build`` is what a worker calls: it is pickled by reference (this module's
 name) inside a ``functools.partial`` together with the file paths.
@@ -17,7 +18,7 @@ import sys
 from cryptography import x509
 from starlette.types import Receive, Scope, Send
 
-from swim_as.server import ServedApp, run
+from swim_as.server import Listener, ServedApp, run
 from swim_as.tls import TlsContextManager
 
 
@@ -34,7 +35,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await asyncio.sleep(1.0)
     tls = scope.get("extensions", {}).get("tls", {})
     body = json.dumps(
-        {"pid": os.getpid(), "chain": len(tls.get("client_cert_chain", []))}
+        {
+            "pid": os.getpid(),
+            "chain": len(tls.get("client_cert_chain", [])),
+            "port": scope["server"][1],
+        }
     ).encode()
     await send(
         {
@@ -49,22 +54,28 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build(cert_file: str, key_file: str, ca_file: str) -> ServedApp:
+def build(
+    cert_file: str, key_file: str, ca_file: str, second: bool = False
+) -> ServedApp:
     with open(ca_file, "rb") as pem:
         authorities = x509.load_pem_x509_certificates(pem.read())
-    return ServedApp(app, TlsContextManager(cert_file, key_file, authorities))
+    also: tuple[Listener, ...] = ()
+    if second:
+        also = (Listener(app, TlsContextManager(cert_file, key_file, authorities)),)
+    return ServedApp(app, TlsContextManager(cert_file, key_file, authorities), also)
 
 
 def main() -> None:
-    port, workers, cert_file, key_file, ca_file = sys.argv[1:]
+    port, workers, cert_file, key_file, ca_file, *second = sys.argv[1:]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     run(
-        functools.partial(build, cert_file, key_file, ca_file),
+        functools.partial(build, cert_file, key_file, ca_file, bool(second)),
         host="127.0.0.1",
         port=int(port),
         workers=int(workers),
         timeout_graceful_shutdown=5,
         restart_window=30,
+        also_listen=(("127.0.0.1", int(second[0])),) if second else (),
     )
 
 
