@@ -69,16 +69,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from swim_as.process import serve
+    from swim_as.serving_cert import ServingCertificateError
 
     settings = _settings(args)
     _setup_logging(settings)
     _check_runnable(settings)
-    serve(settings)
+    try:
+        serve(settings)
+    except ServingCertificateError as err:
+        raise CliError(str(err)) from err
     return 0
 
 
 def _check_runnable(settings: Settings) -> None:
-    if settings.tls.cert_file is None or settings.tls.key_file is None:
+    if settings.tls.source == "files" and (
+        settings.tls.cert_file is None or settings.tls.key_file is None
+    ):
         raise CliError("tls.cert_file and tls.key_file are required to serve HTTPS")
     if not settings.trust_domains:
         raise CliError(
@@ -93,6 +99,17 @@ def _check_runnable(settings: Settings) -> None:
     problem = asyncio.run(schema_problem(settings.database.url))
     if problem:
         raise CliError(problem)
+    from swim_as.keys.keyring import kek_problem
+
+    problem = asyncio.run(kek_problem(settings.database.url, settings.keys.load_kek()))
+    if problem:
+        raise CliError(problem)
+
+
+_WRONG_KEK = (
+    "keys.encryption_key_file (or SWIM_AS_KEYS__ENCRYPTION_KEY) is not the "
+    "key-encryption key the signing keys were stored with"
+)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -207,10 +224,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     async def work(services: Any) -> int:
         if args.action == "rotate":
-            kid = await services.rotator.rotate(
-                actor=f"operator:{os.environ.get('USER', 'unknown')}",
-                immediately=args.now,
-            )
+            from swim_as.keys.crypto import KeyDecryptionError
+
+            try:
+                kid = await services.rotator.rotate(
+                    actor=f"operator:{os.environ.get('USER', 'unknown')}",
+                    immediately=args.now,
+                )
+            except KeyDecryptionError as err:
+                raise CliError(f"not rotating: {err}; {_WRONG_KEK}") from err
             when = "now" if args.now else f"in {settings.keys.publish_lead_seconds} s"
             print(f"next key {kid} is published and starts signing {when}")
             return 0
