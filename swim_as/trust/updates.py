@@ -127,25 +127,33 @@ class BundleUpdates:
                 )
                 return False
 
-        for new in (x509, jwt):
-            for note in new.skipped if new is not None else ():
-                log.warning(
-                    "bundle entry skipped: %s",
-                    note,
-                    extra={
-                        "event": "bundle.entry_skipped",
-                        "trust_domain": trust_domain.name,
-                        "origin": origin,
-                        "reason": note,
-                    },
-                )
+        # One document yields both kinds with the same notes: say each once.
+        skipped = list(
+            dict.fromkeys(n for b in (x509, jwt) if b is not None for n in b.skipped)
+        )
+        for note in skipped:
+            log.warning(
+                "bundle entry skipped: %s",
+                note,
+                extra={
+                    "event": "bundle.entry_skipped",
+                    "trust_domain": trust_domain.name,
+                    "origin": origin,
+                    "reason": note,
+                },
+            )
 
         old_x509 = x509_fingerprints(state.x509)
         old_jwt = jwt_fingerprints(state.jwt)
         new_x509 = x509_fingerprints(x509) if x509 is not None else old_x509
         new_jwt = jwt_fingerprints(jwt) if jwt is not None else old_jwt
         loaded_before = state.x509 is not None or state.jwt is not None
-        unchanged = loaded_before and new_x509 == old_x509 and new_jwt == old_jwt
+        same_keys = new_x509 == old_x509 and new_jwt == old_jwt
+        same_sequences = all(
+            new is None or old is None or new.sequence == old.sequence
+            for new, old in ((x509, state.x509), (jwt, state.jwt))
+        )
+        unchanged = loaded_before and same_keys and same_sequences
         self._audited_refusal.pop(trust_domain, None)
         if unchanged and not state.expired:
             self._store.mark_fresh(trust_domain)
@@ -158,7 +166,7 @@ class BundleUpdates:
                 and old is not None
                 and new.sequence is not None
                 and new.sequence == old.sequence
-                and not unchanged
+                and not same_keys
             ):
                 log.warning(
                     "%s bundle content changed without a new spiffe_sequence",
@@ -184,7 +192,7 @@ class BundleUpdates:
             "old_jwt_keys": old_jwt,
             "new_jwt_keys": new_jwt,
             "restored": restored,
-            "skipped": [n for b in (x509, jwt) if b is not None for n in b.skipped],
+            "skipped": skipped,
         }
         log.info(
             "bundle updated: %d X.509 authorities, %d JWT keys (sequence %s -> %s)",
@@ -225,7 +233,7 @@ class BundleUpdates:
             "source": state.source if state else None,
             "origin": origin,
             "reason": reason,
-            "message": message,
+            "error": message,
             "sequence_in_force": _sequence(state.x509) if state else None,
             "age_seconds": age,
             "max_age_seconds": state.max_age if state else None,
