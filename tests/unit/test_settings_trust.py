@@ -199,3 +199,13 @@ def test_jwks_max_age_leaves_room_for_the_reload_bound(tmp_path: Path) -> None:
         write(tmp_path, "[keys]\njwks_max_age_seconds = 0\npublish_lead_seconds = 0\n")
     )
     assert zero.keys.publish_lead_seconds == 0
+
+
+def test_example_configuration_loads() -> None:
+    example = Path(__file__).parents[2] / "examples" / "swim-as.toml"
+    settings = load_settings(example)
+    assert {d.source for d in settings.trust_domains} == {
+        "file",
+        "bundle_endpoint",
+        "workload_api",
+    }
