@@ -37,18 +37,22 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from spiffe.bundle.jwt_bundle.jwt_bundle_set import JwtBundleSet
-from spiffe.workloadapi.x509_context import X509Context
 
 from swim_as.spiffe.bundle import JwtBundle, X509Bundle, parse_bundle, parse_jwt_bundle
 from swim_as.spiffe.errors import BundleError, SpiffeIdError
 from swim_as.spiffe.ids import TrustDomain
 from swim_as.trust.updates import BundleUpdates
+
+if TYPE_CHECKING:
+    # py-spiffe imports gRPC as soon as the package is imported; only
+    # deployments that use the Workload API should pay for that.
+    from spiffe.bundle.jwt_bundle.jwt_bundle_set import JwtBundleSet
+    from spiffe.workloadapi.x509_context import X509Context
 
 log = logging.getLogger("swim_as.trust")
 
@@ -172,8 +176,8 @@ def default_client(socket: str) -> WorkloadClient:
     return WorkloadApiClient(socket)
 
 
-X509Listener = Callable[[X509Context], None]
-JwtListener = Callable[[JwtBundleSet], None]
+X509Listener = Callable[["X509Context"], None]
+JwtListener = Callable[["JwtBundleSet"], None]
 ErrorListener = Callable[[str, str], None]
 
 

@@ -142,6 +142,23 @@ async def test_rotate_now_keeps_every_signing_key_published(db: Database) -> Non
     assert row.publish_until.timestamp() == pytest.approx(clock.time() + RETAIN)
 
 
+async def test_one_replica_does_the_rotation_work(postgres_server: str) -> None:
+    url = await create_database(postgres_server)
+    await asyncio.to_thread(upgrade, url)
+    kek, clock = _kek(), FixedClock(time.time())
+    databases = [Database(url) for _ in range(5)]
+    try:
+        rotators = [KeyRotator(d, kek, clock, POLICY) for d in databases]
+        await rotators[0].ensure_initial_key()
+        clock.advance(3600 - LEAD)  # the schedule is due on every replica
+        results = await asyncio.gather(*(r.tick() for r in rotators))
+        assert results.count(True) == 1
+        assert sorted((await states(databases[0])).values()) == [ACTIVE, NEXT]
+    finally:
+        for database in databases:
+            await database.close()
+
+
 # -- a resource server under a steady stream of tokens ------------------------
 
 

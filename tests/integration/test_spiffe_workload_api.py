@@ -319,3 +319,34 @@ async def test_serving_certificate_from_the_workload_api(
 
 def first_files_left(cert_file: Path) -> bool:
     return cert_file.exists()
+
+
+def test_jwt_keys_of_every_supported_type_and_unsupported_ones_skipped() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from spiffe.bundle.jwt_bundle.jwt_bundle import JwtBundle as PyJwtBundle
+    from spiffe.bundle.jwt_bundle.jwt_bundle_set import JwtBundleSet
+    from spiffe.spiffe_id.spiffe_id import TrustDomain as PyTrustDomain
+
+    from swim_as.trust.workload import jwt_bundles
+
+    keys = {
+        "ec": ec.generate_private_key(ec.SECP384R1()).public_key(),
+        "rsa": rsa.generate_private_key(65537, 2048).public_key(),
+        "ed25519": ed25519.Ed25519PrivateKey.generate().public_key(),
+        "ed448": ed448.Ed448PrivateKey.generate().public_key(),
+    }
+    bundle_set = JwtBundleSet.of(
+        [
+            PyJwtBundle(PyTrustDomain("example.org"), keys),  # type: ignore[arg-type]
+            PyJwtBundle(PyTrustDomain("elsewhere.org"), {"x": keys["ec"]}),
+        ]
+    )
+    found = jwt_bundles(bundle_set, frozenset({EXAMPLE}))
+    assert set(found) == {EXAMPLE}
+    bundle = found[EXAMPLE]
+    assert not isinstance(bundle, Exception)
+    assert set(bundle.keys) == {"ec", "rsa", "ed25519"}
+    assert bundle.keys["ec"].algorithms == {"ES384"}
+    assert bundle.skipped == (
+        "keys[2] (kid 'ed448'): OKP curve 'Ed448' is not supported",
+    )
