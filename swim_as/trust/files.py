@@ -66,7 +66,9 @@ class FileBundleSource:
     trust_domain: TrustDomain
     bundle_file: Path | None
     jwt_bundle_file: Path | None
-    updates: BundleUpdates
+    # Needed to load and follow; :meth:`read` alone (a pre-flight check of
+    # the files) works without.
+    updates: BundleUpdates | None = None
     _seen: tuple[_Signature, _Signature] | None = None
     _good: bool = False
 
@@ -103,6 +105,7 @@ class FileBundleSource:
         Raises:
             BundleError: a file is missing or does not hold a valid bundle.
         """
+        assert self.updates is not None
         seen = self._current()
         x509_bundle, jwt_bundle = self.read()
         self._seen = seen
@@ -117,6 +120,7 @@ class FileBundleSource:
         Unchanged good files confirm the bundle in force; a bad file is
         refused once per change (the same bad file is not read again).
         """
+        assert self.updates is not None
         if not self.changed():
             if self._good:
                 self.updates.confirm(self.trust_domain)
