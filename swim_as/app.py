@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -58,29 +59,36 @@ from swim_as.http.middleware import (
 from swim_as.http.register import RegistrationRoutes
 from swim_as.http.responses import error_parts, log_refusal
 from swim_as.http.token import TokenEndpoint
+from swim_as.keys.crypto import KeyDecryptionError
 from swim_as.keys.keyring import Keyring, KeyRotator, RotationPolicy, follow_keys
 from swim_as.observability.audit import AuditBuffer
-from swim_as.settings import FORWARDED_SOURCES, Settings
+from swim_as.serving_cert import ServingCertificate
+from swim_as.settings import FORWARDED_SOURCES, KEY_RELOAD_SECONDS, Settings
 from swim_as.spiffe.ids import TrustDomain
 from swim_as.spiffe.x509svid import VerifiedX509Svid
 from swim_as.storage.clients import SqlClientRepository
 from swim_as.storage.db import Database
 from swim_as.tokens.minter import TokenMinter
-from swim_as.trust.files import FileBundleSource
+from swim_as.trust.sources import TrustSources, build_trust_sources
 from swim_as.trust.store import TrustStore
 
 log = logging.getLogger("swim_as.app")
 
-# How often bundle files are checked for a change.
-BUNDLE_POLL_SECONDS = 1.0
 # How often keys are re-read even without a notification (D11 bound).
-KEY_POLL_SECONDS = 5.0
+KEY_POLL_SECONDS = float(KEY_RELOAD_SECONDS)
 
 
 class HandshakeTrust(Protocol):
-    """The TLS layer's view: which client CAs new handshakes accept."""
+    """The TLS layer's view: the serving certificate and which client CAs
+    new handshakes accept (:class:`swim_as.tls.TlsContextManager`)."""
 
-    def update(self, *, client_authorities: list[x509.Certificate]) -> None: ...
+    def update(
+        self,
+        *,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        client_authorities: Sequence[x509.Certificate] | None = None,
+    ) -> None: ...
 
 
 @dataclass
@@ -91,7 +99,7 @@ class Services:
     clock: Clock
     db: Database
     trust: TrustStore
-    bundle_sources: list[FileBundleSource]
+    trust_sources: TrustSources
     keyring: Keyring
     rotator: KeyRotator
     clients: SqlClientRepository
@@ -102,6 +110,7 @@ class Services:
     audit: AuditBuffer
     parser: CertificateParser
     metadata: dict[str, Any]
+    serving_cert: ServingCertificate | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -129,13 +138,10 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         echo=settings.database.echo,
     )
     trust = TrustStore(clock)
-    sources = []
-    for domain in settings.trust_domains:
-        td = TrustDomain.parse(domain.name)
-        trust.add_domain(td)
-        sources.append(FileBundleSource(td, domain.bundle_file, domain.jwt_bundle_file))
+    audit = AuditBuffer(db, clock)
+    trust_sources = build_trust_sources(settings, trust, audit, clock)
     kek = settings.keys.load_kek()
-    keyring = Keyring(db, kek, clock)
+    keyring = Keyring(db, kek, clock, audit=audit)
     rotator = KeyRotator(db, kek, clock, rotation_policy(settings))
     repository = SqlClientRepository(db)
     directory = ClientDirectory(repository, clock, watched=lambda: db.listening)
@@ -155,7 +161,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         clock=clock,
         db=db,
         trust=trust,
-        bundle_sources=sources,
+        trust_sources=trust_sources,
         keyring=keyring,
         rotator=rotator,
         clients=repository,
@@ -163,11 +169,12 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         authenticator=authenticator,
         registration=registration,
         management=ManagementService(registration),
-        audit=AuditBuffer(db, clock),
+        audit=audit,
         parser=CertificateParser(),
         metadata=build_metadata(
             settings.issuer, auth_methods=methods, mtls_aliases=mtls_aliases(settings)
         ),
+        serving_cert=serving_certificate(settings, trust_sources),
     )
 
 
@@ -183,6 +190,24 @@ def mtls_aliases(settings: Settings) -> dict[str, str] | None:
     }
 
 
+def serving_certificate(
+    settings: Settings, trust_sources: TrustSources
+) -> ServingCertificate | None:
+    """swim-as's own certificate source, or None when TLS is not configured."""
+    tls = settings.tls
+    if tls.source == "workload_api":
+        assert settings.workload_api.socket is not None
+        return ServingCertificate(
+            "workload_api",
+            watcher=trust_sources.watchers[settings.workload_api.socket],
+            spiffe_id=tls.spiffe_id,
+            timeout=settings.workload_api.timeout_seconds,
+        )
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    return ServingCertificate("files", cert_file=tls.cert_file, key_file=tls.key_file)
+
+
 def enabled_methods(settings: Settings) -> list[str]:
     """Token endpoint auth methods that can succeed here (D2, D13)."""
     methods = [TLS_CLIENT_AUTH, SPIFFE_X509]
@@ -191,23 +216,74 @@ def enabled_methods(settings: Settings) -> list[str]:
 
 
 async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
-    """Load bundles and keys, then follow changes in the background."""
+    """Load bundles and keys, then follow changes in the background.
+
+    Raises:
+        BundleError: a bundle file or bootstrap bundle does not load.
+        KeyDecryptionError: the KEK does not open the stored signing keys.
+    """
     if tls is not None:
-        authorities = services.trust.x509_authorities
+        services.trust.on_change(_handshake_listener(services, tls))
+    services.tasks = [
+        asyncio.create_task(services.audit.run(services.stop), name="swim-as-audit")
+    ]
+    try:
+        await _start_following(services, tls)
+    except BaseException:
+        # Nothing keeps running after a failed start; what was audited so
+        # far is still written.
+        await stop(services)
+        raise
+    log.info(
+        "swim-as ready",
+        extra={
+            "event": "server.ready",
+            "issuer": services.settings.issuer,
+            "trust_domains": [str(s.trust_domain) for s in services.trust.domains()],
+        },
+    )
 
-        def push(_: TrustDomain) -> None:
-            tls.update(client_authorities=authorities())
 
-        services.trust.on_change(push)
-    for source in services.bundle_sources:
-        source.load_into(services.trust, initial=True)
+def _handshake_listener(
+    services: Services, tls: HandshakeTrust
+) -> Callable[[TrustDomain], None]:
+    """Hand every bundle change to the TLS handshake's client authorities."""
+    authorities = services.trust.x509_authorities
+    serving = services.serving_cert
+    if serving is not None:
+        serving.attach(tls, authorities)
+        return lambda _: serving.push_authorities()
+    return lambda _: tls.update(client_authorities=authorities())
+
+
+async def _start_following(services: Services, tls: HandshakeTrust | None) -> None:
+    stop = services.stop
+    serving = services.serving_cert
+    services.trust_sources.load_initial()
+    services.tasks += [
+        asyncio.create_task(work, name=name)
+        for name, work in services.trust_sources.tasks(stop)
+    ]
+    if tls is not None and serving is not None:
+        services.tasks.append(
+            asyncio.create_task(serving.run(stop), name="swim-as-serving-cert")
+        )
+    await services.trust_sources.first_refresh()
     await services.rotator.ensure_initial_key()
-    await services.keyring.load()
+    try:
+        await services.keyring.load()
+    except KeyDecryptionError as err:
+        log.critical(
+            "swim-as cannot start: %s; keys.encryption_key_file (or "
+            "SWIM_AS_KEYS__ENCRYPTION_KEY) is not the key-encryption key the "
+            "signing keys in the database were stored with",
+            err,
+            extra={"event": "keys.load_failed", "reason": "kek"},
+        )
+        raise
     services.db.subscribe(_key_listener(services))
     await services.db.start_listening()
-    stop = services.stop
-    services.tasks = [
-        asyncio.create_task(_watch_bundles(services), name="swim-as-bundles"),
+    services.tasks.append(
         asyncio.create_task(
             follow_keys(
                 services.keyring,
@@ -216,16 +292,7 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
                 stop=stop,
             ),
             name="swim-as-keys",
-        ),
-        asyncio.create_task(services.audit.run(stop), name="swim-as-audit"),
-    ]
-    log.info(
-        "swim-as ready",
-        extra={
-            "event": "server.ready",
-            "issuer": services.settings.issuer,
-            "trust_domains": [str(s.trust_domain) for s in services.trust.domains()],
-        },
+        )
     )
 
 
@@ -252,37 +319,67 @@ def _key_listener(services: Services) -> Any:
     return on_change
 
 
-async def _watch_bundles(services: Services) -> None:
-    while not services.stop.is_set():
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(services.stop.wait(), timeout=BUNDLE_POLL_SECONDS)
-        for source in services.bundle_sources:
-            if source.changed():
-                source.load_into(services.trust)
-
-
 async def readiness(services: Services) -> dict[str, Any]:
-    """What ``/readyz`` reports: database, signing key, bundles."""
+    """What ``/readyz`` reports: database, signing key, bundles.
+
+    Ready means: the database answers, a signing key is active, the keys
+    reloaded without error, and every trust domain has a bundle within its
+    maximum age. A failed refresh whose bundle is still young is reported
+    (``error``) without making the replica unready.
+    """
     problems: list[str] = []
+    database: dict[str, Any] = {"ok": True}
     try:
         await asyncio.wait_for(services.db.ping(), timeout=2)
     except Exception as err:
+        database = {"ok": False, "error": type(err).__name__}
         problems.append(f"database unreachable: {type(err).__name__}")
-    if not services.keyring.has_signer():
+
+    keyring = services.keyring
+    signer = None
+    with contextlib.suppress(LookupError):
+        signer = keyring.signer().kid
+    if signer is None:
         problems.append("no active signing key")
+    if keyring.last_error:
+        problems.append(f"signing keys not reloaded: {keyring.last_error}")
+    keys = {"ok": signer is not None and not keyring.last_error, "signing_kid": signer}
+    if keyring.last_error:
+        keys["error"] = keyring.last_error
+
+    services.trust_sources.updates.check_ages()
+    now = services.clock.time()
     domains = {}
     for state in services.trust.domains():
-        fine = not state.expired and (state.x509 is not None or state.jwt is not None)
+        loaded = state.x509 is not None or state.jwt is not None
+        fine = loaded and state.trusted(now)
+        bundle = state.x509 or state.jwt
         domains[str(state.trust_domain)] = {
             "ok": fine,
+            "source": state.source,
+            "origin": state.origin,
             "error": state.error,
+            "expired": state.expired,
             "generation": state.generation,
+            "sequence": bundle.sequence if bundle else None,
+            "x509_authorities": len(state.x509.authorities) if state.x509 else 0,
+            "jwt_keys": len(state.jwt.keys) if state.jwt else 0,
+            "age_seconds": (
+                round(now - state.refreshed_at, 1) if state.refreshed_at else None
+            ),
+            "max_age_seconds": state.max_age,
+            "failures": state.failures,
         }
         if not fine:
-            problems.append(
-                f"trust domain {state.trust_domain}: {state.error or 'no bundle'}"
-            )
-    return {"ready": not problems, "problems": problems, "trust_domains": domains}
+            why = state.error if loaded else "no bundle yet"
+            problems.append(f"trust domain {state.trust_domain}: {why or 'expired'}")
+    return {
+        "ready": not problems,
+        "problems": problems,
+        "database": database,
+        "signing_key": keys,
+        "trust_domains": domains,
+    }
 
 
 class _FastPath:
@@ -320,9 +417,19 @@ class _EveryListener:
     def __init__(self, listeners: list[HandshakeTrust]) -> None:
         self._listeners = listeners
 
-    def update(self, *, client_authorities: list[x509.Certificate]) -> None:
+    def update(
+        self,
+        *,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        client_authorities: Sequence[x509.Certificate] | None = None,
+    ) -> None:
         for listener in self._listeners:
-            listener.update(client_authorities=client_authorities)
+            listener.update(
+                cert_file=cert_file,
+                key_file=key_file,
+                client_authorities=client_authorities,
+            )
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from swim_as.process import serve
+    from swim_as.serving_cert import ServingCertificateError
 
     settings = _settings(args)
     _setup_logging(settings)
     _check_runnable(settings)
-    serve(settings)
+    try:
+        serve(settings)
+    except ServingCertificateError as err:
+        raise CliError(str(err)) from err
     return 0
 
 
@@ -127,6 +131,12 @@ def _require_schema(settings: Settings) -> None:
     problem = asyncio.run(schema_problem(settings.database.url))
     if problem:
         raise CliError(problem)
+
+
+_WRONG_KEK = (
+    "keys.encryption_key_file (or SWIM_AS_KEYS__ENCRYPTION_KEY) is not the "
+    "key-encryption key the signing keys were stored with"
+)
 
 
 def _db_reason(err: BaseException) -> str:
@@ -264,10 +274,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     async def work(services: Any) -> int:
         if args.action == "rotate":
-            kid = await services.rotator.rotate(
-                actor=_operator(),
-                immediately=args.now,
-            )
+            from swim_as.keys.crypto import KeyDecryptionError
+
+            try:
+                kid = await services.rotator.rotate(
+                    actor=_operator(),
+                    immediately=args.now,
+                )
+            except KeyDecryptionError as err:
+                raise CliError(f"not rotating: {err}; {_WRONG_KEK}") from err
             when = "now" if args.now else f"in {settings.keys.publish_lead_seconds} s"
             print(f"next key {kid} is published and starts signing {when}")
             return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from swim_as.keys.crypto import KeyDecryptionError
 from swim_as.settings import Settings
 from swim_as.spiffe.errors import BundleError, SpiffeError
 from swim_as.spiffe.ids import TrustDomain
@@ -23,9 +22,9 @@ class PreflightError(Exception):
 
 def check_tls(settings: Settings) -> None:
     cert, key = settings.tls.cert_file, settings.tls.key_file
-    if cert is None or key is None:
-        # Plain HTTP behind a proxy; Settings.serving_problems() decided
-        # whether that is allowed.
+    if settings.tls.source != "files" or cert is None or key is None:
+        # From the Workload API, or plain HTTP behind a proxy (which
+        # Settings.serving_problems() allows or refuses).
         return
     for name, path in (("tls.cert_file", cert), ("tls.key_file", key)):
         _readable(name, path)
@@ -77,20 +76,11 @@ def check_kek(settings: Settings) -> bytes:
 
 async def check_keys(settings: Settings, kek: bytes) -> None:
     """The KEK must open the keys already stored (a wrong KEK is fatal)."""
-    from swim_as.clock import SystemClock
-    from swim_as.keys.keyring import Keyring
-    from swim_as.storage.db import Database
+    from swim_as.keys.keyring import kek_problem
 
-    db = Database(settings.database.url)
-    try:
-        await Keyring(db, kek, SystemClock()).load()
-    except KeyDecryptionError as err:
-        raise PreflightError(
-            f"{err}: keys.encryption_key is not the key these signing keys were "
-            "sealed with"
-        ) from err
-    finally:
-        await db.close()
+    problem = await kek_problem(settings.database.url, kek)
+    if problem:
+        raise PreflightError(problem)
 
 
 def _readable(name: str, path: Path) -> None:

@@ -12,7 +12,7 @@ import functools
 import logging
 import ssl
 
-from swim_as.app import create_listener_apps
+from swim_as.app import Services, build_services, create_listener_apps
 from swim_as.observability.logs import configure_logging
 from swim_as.server import Listener, ServedApp, run
 from swim_as.settings import Settings
@@ -28,12 +28,14 @@ class ListenerConfigError(ValueError):
 
 
 def tls_contexts(
-    settings: Settings,
+    settings: Settings, services: Services
 ) -> tuple[TlsContextManager | None, TlsContextManager | None]:
     """The TLS contexts of the main listener (``None``: plain HTTP behind a
     proxy, mesh mode) and of the separate mTLS listener, if configured.
 
-    Client authorities arrive when the lifespan loads the trust bundles.
+    The serving certificate comes from files or the Workload API and is
+    followed by this process's lifespan; client authorities arrive when it
+    loads the trust bundles.
 
     Raises:
         ListenerConfigError: the settings cannot serve.
@@ -42,11 +44,12 @@ def tls_contexts(
     if problems:
         raise ListenerConfigError("; ".join(problems))
     tls = settings.tls
-    if tls.cert_file is None or tls.key_file is None:
+    if services.serving_cert is None:
         return None, None
+    cert_file, key_file = services.serving_cert.initial_files()
     main = TlsContextManager(
-        tls.cert_file,
-        tls.key_file,
+        cert_file,
+        key_file,
         (),
         min_version=MIN_VERSION[tls.min_version],
         # D5: in mesh mode the handshake certificate only ever identifies
@@ -57,7 +60,7 @@ def tls_contexts(
     mtls = None
     if settings.server.mtls is not None:
         mtls = TlsContextManager(
-            tls.cert_file, tls.key_file, (), min_version=MIN_VERSION[tls.min_version]
+            cert_file, key_file, (), min_version=MIN_VERSION[tls.min_version]
         )
     return main, mtls
 
@@ -76,10 +79,18 @@ def served_app(settings: Settings) -> ServedApp:
 
     Worker processes start with ``spawn``: logging is configured here again
     so that every process logs the same way.
+
+    Raises:
+        ServingCertificateError: swim-as's own certificate cannot be had
+            (``tls.source = "workload_api"`` and the Workload API does not
+            answer).
     """
     configure_logging(settings.logging.level, settings.logging.format)
-    main_tls, mtls_tls = tls_contexts(settings)
-    apps = create_listener_apps(settings, tls=main_tls, mtls_tls=mtls_tls)
+    services = build_services(settings)
+    main_tls, mtls_tls = tls_contexts(settings, services)
+    apps = create_listener_apps(
+        settings, tls=main_tls, mtls_tls=mtls_tls, services=services
+    )
     also: tuple[Listener, ...] = ()
     if apps.mtls is not None:
         also = (Listener(apps.mtls, mtls_tls),)

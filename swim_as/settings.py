@@ -37,6 +37,11 @@ from pydantic_settings import (
 ENV_PREFIX = "SWIM_AS_"
 # Clock difference tolerated between swim-as and the verifiers of its tokens.
 CLOCK_LEEWAY_SECONDS = 60
+# Every replica re-reads the signing keys at least this often, whether or not
+# a PostgreSQL notification arrived (D7, D11); its JWKS document is cached in
+# memory for one more second. A key change therefore reaches every replica's
+# signer and JWKS within KEY_RELOAD_SECONDS + 1 s.
+KEY_RELOAD_SECONDS = 5
 
 
 class _Section(BaseModel):
@@ -127,6 +132,53 @@ class TlsSettings(_Section):
     )
     key_file: Path | None = Field(None, description="PEM file: the server's key.")
     min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version.")
+    source: Literal["files", "workload_api"] = Field(
+        "files",
+        description=(
+            "files: cert_file and key_file, reloaded when they change; "
+            "workload_api: swim-as's own X.509-SVID from [workload_api] socket."
+        ),
+    )
+    spiffe_id: str | None = Field(
+        None,
+        description=(
+            "With source = workload_api: which SVID to serve when the Workload "
+            "API offers several (default: the first, the default SVID)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _source_fits(self) -> TlsSettings:
+        if self.source == "workload_api" and (self.cert_file or self.key_file):
+            raise ValueError(
+                "tls.cert_file and tls.key_file are not read with "
+                "tls.source = workload_api"
+            )
+        if self.source == "files" and self.spiffe_id is not None:
+            raise ValueError("tls.spiffe_id needs tls.source = workload_api")
+        return self
+
+
+class WorkloadApiSettings(_Section):
+    """The SPIFFE Workload API (SPIRE agent) swim-as may take bundles and its
+    own certificate from."""
+
+    socket: str | None = Field(
+        None,
+        description=(
+            "The agent's socket, e.g. unix:///run/spire/sockets/agent.sock; the "
+            "default for trust domains with workload_api = true and for "
+            "tls.source = workload_api."
+        ),
+    )
+    timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "How long start-up waits for the first answer of the Workload API."
+        ),
+    )
 
 
 class MeshSettings(_Section):
@@ -267,14 +319,146 @@ class TrustDomainSettings(_Section):
     jwt_bundle_file: Path | None = Field(
         None, description="JWT-SVID keys as a JWK Set (SPIFFE bundle JSON)."
     )
+    bundle_endpoint_url: str | None = Field(
+        None,
+        description=(
+            "A SPIFFE bundle endpoint (https) to poll for this trust domain's "
+            "bundle; bundle_file is then the initial (bootstrap) bundle."
+        ),
+    )
+    bundle_endpoint_profile: Literal["https_web", "https_spiffe"] = Field(
+        "https_web",
+        description=(
+            "https_web: the endpoint has a Web PKI certificate; https_spiffe: it "
+            "presents the X.509-SVID bundle_endpoint_spiffe_id."
+        ),
+    )
+    bundle_endpoint_spiffe_id: str | None = Field(
+        None, description="https_spiffe: the SPIFFE ID the endpoint must present."
+    )
+    bundle_endpoint_ca_file: Path | None = Field(
+        None,
+        description=(
+            "https_web: PEM CA certificates to verify the endpoint with instead "
+            "of the system trust store."
+        ),
+    )
+    bundle_endpoint_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="Time limit of one whole fetch."
+    )
+    bundle_endpoint_max_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest bundle accepted from the endpoint."
+    )
+    workload_api: bool = Field(
+        False,
+        description=(
+            "Take this trust domain's bundles from the Workload API "
+            "([workload_api] socket, or workload_api_socket)."
+        ),
+    )
+    workload_api_socket: str | None = Field(
+        None,
+        description="The Workload API socket for this trust domain (implies "
+        "workload_api = true).",
+    )
+    max_bundle_age_seconds: int = Field(
+        86400,
+        ge=1,
+        description=(
+            "A bundle that could not be refreshed for this long stops being "
+            "trusted; its SVIDs are refused and /readyz reports it."
+        ),
+    )
+
+    @property
+    def uses_workload_api(self) -> bool:
+        return self.workload_api or self.workload_api_socket is not None
+
+    @property
+    def source(self) -> Literal["file", "bundle_endpoint", "workload_api"]:
+        if self.bundle_endpoint_url is not None:
+            return "bundle_endpoint"
+        if self.uses_workload_api:
+            return "workload_api"
+        return "file"
 
     @model_validator(mode="after")
     def _has_a_source(self) -> TrustDomainSettings:
-        if self.bundle_file is None and self.jwt_bundle_file is None:
+        name = self.name
+        files = self.bundle_file is not None or self.jwt_bundle_file is not None
+        endpoint = self.bundle_endpoint_url is not None
+        if endpoint and self.uses_workload_api:
             raise ValueError(
-                f"trust domain {self.name!r}: set bundle_file or jwt_bundle_file"
+                f"trust domain {name!r}: bundle_endpoint_url and the Workload API "
+                "exclude each other"
+            )
+        if self.uses_workload_api and files:
+            raise ValueError(
+                f"trust domain {name!r}: bundle files and the Workload API "
+                "exclude each other"
+            )
+        if not (files or endpoint or self.uses_workload_api):
+            raise ValueError(
+                f"trust domain {name!r}: set bundle_file or jwt_bundle_file, "
+                "bundle_endpoint_url, or workload_api"
+            )
+        if endpoint:
+            self._check_endpoint()
+        elif (
+            self.bundle_endpoint_spiffe_id is not None
+            or self.bundle_endpoint_ca_file is not None
+        ):
+            raise ValueError(
+                f"trust domain {name!r}: bundle_endpoint_* settings need "
+                "bundle_endpoint_url"
             )
         return self
+
+    def _check_endpoint(self) -> None:
+        from swim_as.spiffe.errors import SpiffeIdError
+        from swim_as.spiffe.ids import SpiffeId
+
+        name, url = self.name, self.bundle_endpoint_url or ""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(
+                f"trust domain {name!r}: bundle_endpoint_url must be https"
+            )
+        if parts.username is not None or parts.password is not None or parts.fragment:
+            raise ValueError(
+                f"trust domain {name!r}: bundle_endpoint_url must have no userinfo "
+                "and no fragment"
+            )
+        if self.jwt_bundle_file is not None:
+            raise ValueError(
+                f"trust domain {name!r}: with a bundle endpoint, JWT keys come "
+                "from the endpoint; drop jwt_bundle_file"
+            )
+        if self.bundle_endpoint_profile == "https_web":
+            if self.bundle_endpoint_spiffe_id is not None:
+                raise ValueError(
+                    f"trust domain {name!r}: bundle_endpoint_spiffe_id is for the "
+                    "https_spiffe profile"
+                )
+            return
+        if self.bundle_endpoint_ca_file is not None:
+            raise ValueError(
+                f"trust domain {name!r}: bundle_endpoint_ca_file is for the "
+                "https_web profile"
+            )
+        if self.bundle_endpoint_spiffe_id is None:
+            raise ValueError(
+                f"trust domain {name!r}: https_spiffe needs bundle_endpoint_spiffe_id"
+            )
+        try:
+            endpoint_id = SpiffeId.parse(self.bundle_endpoint_spiffe_id)
+        except SpiffeIdError as err:
+            raise ValueError(f"trust domain {name!r}: {err}") from err
+        if endpoint_id.trust_domain.name == name and self.bundle_file is None:
+            raise ValueError(
+                f"trust domain {name!r}: an https_spiffe endpoint of the trust "
+                "domain itself needs bundle_file, the bootstrap bundle"
+            )
 
 
 class KeySettings(_Section):
@@ -406,6 +590,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = TlsSettings()
     database: DatabaseSettings = DatabaseSettings()
     trust_domains: list[TrustDomainSettings] = Field(default_factory=list)
+    workload_api: WorkloadApiSettings = WorkloadApiSettings()
     keys: KeySettings = KeySettings()
     tokens: TokenSettings
     mesh: MeshSettings | None = None
@@ -433,10 +618,13 @@ class Settings(BaseSettings):
                 "keys.retire_after_seconds must be at least tokens.lifetime_seconds "
                 f"+ {CLOCK_LEEWAY_SECONDS} s, or tokens would outlive their key"
             )
-        if keys.jwks_max_age_seconds > keys.publish_lead_seconds:
+        spread = KEY_RELOAD_SECONDS + 1 if keys.publish_lead_seconds else 0
+        if keys.jwks_max_age_seconds + spread > keys.publish_lead_seconds:
             raise ValueError(
-                "keys.jwks_max_age_seconds must not exceed keys.publish_lead_seconds, "
-                "or a cached JWKS could miss a key that already signs"
+                "keys.jwks_max_age_seconds plus the key reload bound "
+                f"({KEY_RELOAD_SECONDS + 1} s) must not exceed "
+                "keys.publish_lead_seconds, or a cached JWKS could miss a key "
+                "that already signs"
             )
         return self
 
@@ -503,8 +691,12 @@ class Settings(BaseSettings):
 
     def plaintext(self) -> bool:
         """True when the main listener serves plain HTTP (mesh mode, no
-        [tls] certificate)."""
-        return self.tls.cert_file is None and self.tls.key_file is None
+        [tls] certificate and no certificate from the Workload API)."""
+        return (
+            self.tls.source == "files"
+            and self.tls.cert_file is None
+            and self.tls.key_file is None
+        )
 
     def serving_problems(self) -> list[str]:
         """What stops this configuration from serving (checked at start-up,
@@ -538,6 +730,32 @@ class Settings(BaseSettings):
                 "the proxy and swim-as is protected"
             )
         return problems
+
+    @model_validator(mode="after")
+    def _sources_resolve(self) -> Settings:
+        # Every Workload API user needs a socket; an https_spiffe endpoint
+        # is authenticated with the bundle of its SPIFFE ID's trust domain,
+        # which must be configured (SPIFFE Federation §5.2.2).
+        names = {td.name for td in self.trust_domains}
+        for td in self.trust_domains:
+            if td.uses_workload_api and not (
+                td.workload_api_socket or self.workload_api.socket
+            ):
+                raise ValueError(
+                    f"trust domain {td.name!r}: set workload_api.socket or "
+                    "workload_api_socket"
+                )
+            if td.bundle_endpoint_spiffe_id is not None:
+                endpoint_td = urlsplit(td.bundle_endpoint_spiffe_id).netloc
+                if endpoint_td not in names:
+                    raise ValueError(
+                        f"trust domain {td.name!r}: the endpoint's trust domain "
+                        f"{endpoint_td!r} is not configured, so its SVID cannot "
+                        "be verified"
+                    )
+        if self.tls.source == "workload_api" and not self.workload_api.socket:
+            raise ValueError("tls.source = workload_api needs workload_api.socket")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -585,7 +803,7 @@ _PATH_KEYS = {
     "tls": ("cert_file", "key_file"),
     "keys": ("encryption_key_file",),
 }
-_TRUST_PATH_KEYS = ("bundle_file", "jwt_bundle_file")
+_TRUST_PATH_KEYS = ("bundle_file", "jwt_bundle_file", "bundle_endpoint_ca_file")
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

@@ -7,7 +7,26 @@ therefore switches at the same instant, whoever wrote the rows; PostgreSQL
 notifications (and polling as a fallback) bound how stale the rows can be.
 
 State changes in the database (promoting, retiring, creating the next key)
-are done by :class:`KeyRotator`, on one replica at a time.
+are done by :class:`KeyRotator`, on one replica at a time: under a
+PostgreSQL transaction-level advisory lock (a replica that does not get it
+skips the tick; the one that holds it does the work), or SQLite's write lock
+on a single node. The work is idempotent, so a replica that ticks after
+another finds nothing left to do.
+
+How fast replicas agree (D7, D11): a change commits with a ``keys``
+notification that every replica's listener turns into a reload at once;
+:func:`follow_keys` also re-reads the keys every
+``settings.KEY_RELOAD_SECONDS`` (5 s) whether or not a notification came.
+A scheduled rotation publishes the next key ``publish_lead_seconds`` before
+its ``activate_after``, and every replica that has read it switches at that
+instant by its own clock; ``rotate --now`` reaches every replica within the
+reload bound plus one second (the JWKS document's in-memory cache).
+
+A key-encryption key (KEK) that does not open the stored keys: at the first
+load :meth:`Keyring.load` raises, and swim-as does not start; later, the
+keys already loaded stay in force, and a log line, an audit record
+(``keys.load_failed``) and ``/readyz`` say why. A rotator whose KEK does not
+open the keys in force creates no keys.
 """
 
 from __future__ import annotations
@@ -31,7 +50,7 @@ from swim_as.keys.crypto import (
     seal,
     unseal,
 )
-from swim_as.observability.audit import record_audit
+from swim_as.observability.audit import AuditSink, record_audit, replica_actor
 from swim_as.storage.db import Database, Transaction
 from swim_as.storage.models import SigningKeyRow
 
@@ -92,10 +111,13 @@ class KeyEntry:
 class Keyring:
     """The keys of this replica: the signer now, and the published JWKS."""
 
-    def __init__(self, db: Database, kek: bytes, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, kek: bytes, clock: Clock, *, audit: AuditSink | None = None
+    ) -> None:
         self._db = db
         self._kek = kek
         self._clock = clock
+        self._audit = audit
         self._entries: tuple[KeyEntry, ...] = ()
         self._jwks_cache: tuple[float, bytes] | None = None
         self.loaded_at: float | None = None
@@ -131,13 +153,28 @@ class Keyring:
                     )
                 )
         except KeyDecryptionError as err:
-            self.last_error = str(err)
             if not self._entries:
+                self.last_error = str(err)
                 raise
+            if self.last_error != str(err) and self._audit is not None:
+                self._audit.add(
+                    "keys.load_failed",
+                    actor=replica_actor(),
+                    detail={
+                        "reason": "kek",
+                        "message": str(err),
+                        "kept": [e.kid for e in self._entries],
+                    },
+                )
+            self.last_error = str(err)
             log.error(
-                "keeping the previous keys: %s",
+                "signing keys not reloaded, the previous keys stay in force: %s",
                 err,
-                extra={"event": "keys.load_failed", "reason": "kek"},
+                extra={
+                    "event": "keys.load_failed",
+                    "reason": "kek",
+                    "kept": [e.kid for e in self._entries],
+                },
             )
             return
         self._entries = tuple(sorted(entries, key=lambda e: e.activate_after))
@@ -230,17 +267,26 @@ class KeyRotator:
         async with self._db.transaction() as tx:
             await self._lock(tx)
             rows = await self._rows(tx)
+            self._check_kek(rows)
             now = self._clock.now()
             pending = [r for r in rows if r.state == NEXT]
             if pending and not immediately:
                 return pending[0].kid
-            for row in pending:
-                row.state = RETIRED
-                row.retired_at = now
             at = now if immediately else now + self._policy.publish_lead
             kid = self._add(tx, NEXT, at, actor=actor)
             if immediately:
-                await self._promote_due(tx, rows + [], now)
+                # The new key signs now; every key that signed or was about
+                # to (a next key already published) stays published until
+                # its tokens have expired.
+                await tx.session.flush()
+                await self._promote_due(tx, await self._rows(tx), now, newest=kid)
+            record_audit(
+                tx,
+                "key.rotated",
+                actor=actor,
+                detail={"kid": kid, "immediately": immediately},
+                at=now,
+            )
         log.info(
             "rotation scheduled",
             extra={"event": "key.rotated", "kid": kid, "immediately": immediately},
@@ -253,6 +299,15 @@ class KeyRotator:
             if not await self._lock(tx, wait=False):
                 return False
             rows = await self._rows(tx)
+            try:
+                self._check_kek(rows)
+            except KeyDecryptionError as err:
+                log.error(
+                    "no rotation work on this replica: %s",
+                    err,
+                    extra={"event": "keys.rotation_skipped", "reason": "kek"},
+                )
+                return False
             now = self._clock.now()
             changed = await self._promote_due(tx, rows, now)
             for row in rows:
@@ -285,25 +340,52 @@ class KeyRotator:
         return changed
 
     async def _promote_due(
-        self, tx: Transaction, rows: list[SigningKeyRow], now: datetime
+        self,
+        tx: Transaction,
+        rows: list[SigningKeyRow],
+        now: datetime,
+        *,
+        newest: str | None = None,
     ) -> bool:
+        """Make the newest due key active; every other signing key retiring.
+
+        A retiring key stays published for ``retain`` (the longest token
+        lifetime plus leeway) counted from now, when it stops signing.
+        """
         due = [r for r in rows if r.state == NEXT and r.activate_after <= now]
         if not due:
             return False
-        newest = max(due, key=lambda r: r.activate_after)
+        chosen = max(due, key=lambda r: (r.kid == newest, r.activate_after))
         for row in rows:
-            if row.state == ACTIVE or (row.state == NEXT and row is not newest):
+            if row.state in (ACTIVE, NEXT) and row is not chosen:
                 row.state = RETIRING
                 row.retired_at = now
                 row.publish_until = now + self._policy.retain
                 record_audit(
-                    tx, "key.retiring", actor="swim-as", detail={"kid": row.kid}
+                    tx,
+                    "key.retiring",
+                    actor="swim-as",
+                    detail={
+                        "kid": row.kid,
+                        "publish_until": row.publish_until.isoformat(),
+                    },
                 )
-        newest.state = ACTIVE
-        newest.activated_at = now
-        record_audit(tx, "key.activated", actor="swim-as", detail={"kid": newest.kid})
+        chosen.state = ACTIVE
+        chosen.activated_at = now
+        record_audit(tx, "key.activated", actor="swim-as", detail={"kid": chosen.kid})
         tx.announce("keys", "*")
         return True
+
+    def _check_kek(self, rows: list[SigningKeyRow]) -> None:
+        """Refuse rotation work when this KEK does not open the keys in force.
+
+        Raises:
+            KeyDecryptionError: it does not.
+        """
+        for row in rows:
+            if row.state in PUBLISHED_STATES:
+                unseal(self._kek, row.kid, row.sealed_private_key)
+                return
 
     def _add(
         self, tx: Transaction, state: str, activate_after: datetime, *, actor: str
@@ -381,3 +463,32 @@ async def follow_keys(
                 "key refresh failed; previous keys stay in force",
                 extra={"event": "keys.refresh_failed", "reason": repr(err)},
             )
+
+
+async def kek_problem(database_url: str, kek: bytes) -> str | None:
+    """Why ``kek`` does not open the stored signing keys, or None (D7).
+
+    Run before serving, so that a wrong key-encryption key stops
+    ``swim-as serve`` with one clear sentence instead of failing later.
+    """
+    db = Database(database_url, pool_size=1)
+    try:
+        async with db.reading() as session:
+            rows = (
+                await session.scalars(
+                    select(SigningKeyRow).where(
+                        SigningKeyRow.state.in_(PUBLISHED_STATES)
+                    )
+                )
+            ).all()
+        for row in rows:
+            unseal(kek, row.kid, row.sealed_private_key)
+    except KeyDecryptionError as err:
+        return (
+            f"{err}: keys.encryption_key_file (or SWIM_AS_KEYS__ENCRYPTION_KEY) is "
+            "not the key-encryption key the signing keys in the database were "
+            "stored with"
+        )
+    finally:
+        await db.close()
+    return None

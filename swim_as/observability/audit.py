@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import insert
 
@@ -27,6 +29,25 @@ from swim_as.storage.db import Database, Transaction
 from swim_as.storage.models import AuditRow
 
 log = logging.getLogger("swim_as.audit")
+
+
+class AuditSink(Protocol):
+    """Where background work sends audit records without waiting
+    (:meth:`AuditBuffer.add`)."""
+
+    def add(
+        self,
+        event: str,
+        *,
+        actor: str,
+        client_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+def replica_actor() -> str:
+    """``swim-as@host:pid``: which process of which replica wrote a record."""
+    return f"swim-as@{socket.gethostname()}:{os.getpid()}"
 
 
 def record_audit(

@@ -19,6 +19,14 @@ members, or key members that do not match the ``x5c`` certificate
 (RFC 7517 §4.7). A ``kid`` on an ``x509-svid`` entry, which X509-SVID §6.1
 says must not be set, is ignored.
 
+A JSON document may also be a SPIFFE Bundle Map (§5): an object whose
+``trust_domains`` member maps trust domain names to bundles. Only the entry
+of the trust domain asked for is read, so a map never merges trust domains;
+a map without that entry is refused, and so is a map that names a trust
+domain twice (§5.1.1, §6.3; every JSON object is read with duplicate
+member detection). A refresh hint inside a map entry is dropped, as §5.1.1
+says it must not steer refreshing.
+
 Supported keys: EC P-256, P-384 and P-521, RSA of at least 2048 bits and,
 for JWT keys, OKP Ed25519.
 """
@@ -30,9 +38,9 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -128,6 +136,9 @@ class JwtBundle:
         object.__setattr__(self, "skipped", tuple(self.skipped))
 
 
+_B = TypeVar("_B", X509Bundle, JwtBundle)
+
+
 def parse_bundle(
     data: bytes, trust_domain: TrustDomain
 ) -> tuple[X509Bundle, JwtBundle]:
@@ -143,7 +154,11 @@ def parse_bundle(
     """
     text = _decode_text(data, trust_domain)
     if text.lstrip().startswith(("{", "[")):
-        return _parse_jwk_set(_load_json(text, trust_domain), trust_domain, False)
+        document, from_map = _select(_load_json(text, trust_domain), trust_domain)
+        x509_bundle, jwt_bundle = _parse_jwk_set(document, trust_domain, False)
+        if from_map:
+            return _without_hint(x509_bundle), _without_hint(jwt_bundle)
+        return x509_bundle, jwt_bundle
     if _PEM_BEGIN_RE.search(text) is not None:
         authorities = _parse_pem(text, trust_domain)
         return X509Bundle(trust_domain, authorities), JwtBundle(trust_domain, {})
@@ -167,8 +182,40 @@ def parse_jwt_bundle(data: bytes, trust_domain: TrustDomain) -> JwtBundle:
     text = _decode_text(data, trust_domain)
     if not text.lstrip().startswith(("{", "[")):
         raise _error(trust_domain, "a JWT bundle must be a JSON JWK Set", "format")
-    _, jwt_bundle = _parse_jwk_set(_load_json(text, trust_domain), trust_domain, True)
-    return jwt_bundle
+    document, from_map = _select(_load_json(text, trust_domain), trust_domain)
+    _, jwt_bundle = _parse_jwk_set(document, trust_domain, True)
+    return _without_hint(jwt_bundle) if from_map else jwt_bundle
+
+
+def _select(document: object, trust_domain: TrustDomain) -> tuple[object, bool]:
+    """The bundle itself, or this trust domain's entry of a bundle map (§5).
+
+    Returns the document to read as a JWK Set, and whether it came from a
+    map.
+    """
+    if not isinstance(document, dict) or "trust_domains" not in document:
+        return document, False
+    if "keys" in document:
+        raise _error(
+            trust_domain,
+            "a document with both 'keys' and 'trust_domains' is neither a bundle "
+            "nor a bundle map",
+            "json",
+        )
+    entries = document["trust_domains"]
+    if not isinstance(entries, dict):
+        raise _error(trust_domain, "'trust_domains' must be an object", "json")
+    if trust_domain.name not in entries:
+        raise _error(
+            trust_domain,
+            "the bundle map holds no bundle for this trust domain",
+            "not_in_map",
+        )
+    return entries[trust_domain.name], True
+
+
+def _without_hint(bundle: _B) -> _B:
+    return replace(bundle, refresh_hint=None)
 
 
 def _error(trust_domain: TrustDomain, detail: str, reason: str) -> BundleError:
@@ -247,15 +294,22 @@ def _load_json(text: str, trust_domain: TrustDomain) -> object:
             object_pairs_hook=_unique_members,
             parse_constant=_refuse_constant,
         )
+    except _DuplicateMember as err:
+        # For a bundle map this is a trust domain named twice (§5.1.1, §6.3).
+        raise _error(trust_domain, f"not valid JSON ({err})", "duplicate") from err
     except (ValueError, RecursionError) as err:
         raise _error(trust_domain, f"not valid JSON ({err})", "json") from err
+
+
+class _DuplicateMember(ValueError):
+    pass
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     members: dict[str, Any] = {}
     for name, value in pairs:
         if name in members:
-            raise ValueError(f"duplicate member {quote(name, 40)}")
+            raise _DuplicateMember(f"member {quote(name, 40)} appears twice")
         members[name] = value
     return members
 

@@ -6,6 +6,12 @@ bundle does. A successful SVID verification is cached by the presented chain
 until the leaf's ``notAfter`` or the next change of its trust domain's
 bundle, whichever comes first; the cache is only a shortcut, never a way
 around a bundle change.
+
+A trust domain whose bundle has not been confirmed fresh for longer than its
+maximum age is not trusted at all (D3): the lookups below answer "no
+bundle" from that instant on, by the injected clock, even before the
+background check formally expires it (:meth:`TrustStore.expire`, which logs,
+audits and bumps the generation).
 """
 
 from __future__ import annotations
@@ -42,6 +48,24 @@ class TrustDomainState:
     error: str | None = None
     # Past the maximum age, the trust domain is refused altogether.
     expired: bool = False
+    # Where the bundle comes from ("file", "bundle_endpoint", "workload_api")
+    # and which file, URL or socket; for logs and /readyz.
+    source: str = "file"
+    origin: str | None = None
+    # Seconds a bundle stays trusted without a successful refresh (None:
+    # for ever).
+    max_age: float | None = None
+    # Refreshes that failed since the last one that worked.
+    failures: int = 0
+
+    def stale(self, now: float) -> bool:
+        """Whether the bundle is past its maximum age at ``now`` (D3)."""
+        if self.max_age is None or self.refreshed_at is None:
+            return False
+        return now - self.refreshed_at > self.max_age
+
+    def trusted(self, now: float) -> bool:
+        return not self.expired and not self.stale(now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +87,16 @@ class TrustStore:
     )
     _listeners: list[BundleListener] = field(default_factory=list)
 
-    def add_domain(self, trust_domain: TrustDomain) -> TrustDomainState:
+    def add_domain(
+        self,
+        trust_domain: TrustDomain,
+        *,
+        source: str = "file",
+        origin: str | None = None,
+        max_age: float | None = None,
+    ) -> TrustDomainState:
         state = self._domains.setdefault(trust_domain, TrustDomainState(trust_domain))
+        state.source, state.origin, state.max_age = source, origin, max_age
         return state
 
     def domains(self) -> Iterable[TrustDomainState]:
@@ -93,15 +125,27 @@ class TrustStore:
         state.generation += 1
         state.refreshed_at = self.clock.time()
         state.error = None
+        state.failures = 0
         state.expired = False
         for listener in self._listeners:
             listener(trust_domain)
 
     def mark_fresh(self, trust_domain: TrustDomain) -> None:
-        """The source confirmed the bundle is unchanged and current."""
+        """The source confirmed the bundle is unchanged and current.
+
+        An expired trust domain is not revived here: its source installs
+        the bundle again with :meth:`set_bundles` (a new generation).
+        """
         state = self._domains[trust_domain]
         state.refreshed_at = self.clock.time()
         state.error = None
+        state.failures = 0
+
+    def mark_failed(self, trust_domain: TrustDomain, reason: str) -> None:
+        """A refresh failed: the last good bundle stays, its age grows."""
+        state = self._domains[trust_domain]
+        state.error = reason
+        state.failures += 1
 
     def expire(self, trust_domain: TrustDomain, reason: str) -> None:
         """Stop trusting a trust domain whose bundle is too old (D3)."""
@@ -114,16 +158,29 @@ class TrustStore:
                 listener(trust_domain)
 
     def x509_bundle(self, trust_domain: TrustDomain) -> X509Bundle | None:
+        """The bundle SVIDs of ``trust_domain`` are verified with, if trusted."""
         state = self._domains.get(trust_domain)
-        if state is None or state.expired:
+        if state is None or not state.trusted(self.clock.time()):
             return None
         return state.x509
 
     def jwt_bundle(self, trust_domain: TrustDomain) -> JwtBundle | None:
+        """The JWT-SVID keys of ``trust_domain``, if trusted."""
         state = self._domains.get(trust_domain)
-        if state is None or state.expired:
+        if state is None or not state.trusted(self.clock.time()):
             return None
         return state.jwt
+
+    def last_known_x509_bundle(self, trust_domain: TrustDomain) -> X509Bundle | None:
+        """The newest X.509 bundle held, even past its maximum age.
+
+        Only for authenticating an https_spiffe bundle endpoint (SPIFFE
+        Federation §5.2.2: the latest bundle fetched), so that a trust
+        domain that expired while its endpoint was down can recover; never
+        for verifying a client's SVID.
+        """
+        state = self._domains.get(trust_domain)
+        return None if state is None else state.x509
 
     def has_jwt_keys(self) -> bool:
         return any(s.jwt is not None and s.jwt.keys for s in self._domains.values())
@@ -133,10 +190,14 @@ class TrustStore:
 
         The TLS handshake only pre-filters; every chain is verified again
         against its own trust domain's bundle by :meth:`verify_x509_svid`.
+        A trust domain past its maximum age keeps its authorities here, so
+        that its workloads get an OAuth ``invalid_client`` (with a log line
+        saying why) rather than a bare TLS alert; the verification below
+        refuses them.
         """
         out: list[x509.Certificate] = []
         for state in self._domains.values():
-            if state.x509 is not None and not state.expired:
+            if state.x509 is not None:
                 out.extend(state.x509.authorities)
         return out
 
@@ -159,7 +220,7 @@ class TrustStore:
             if (
                 state is not None
                 and state.generation == cached.generation
-                and not state.expired
+                and state.trusted(now)
                 and now < cached.valid_until
             ):
                 return cached.svid

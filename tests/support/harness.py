@@ -156,8 +156,8 @@ async def running_server(
     settings = make_settings(pki, database_url, folder, port=port, **overrides)
     await asyncio.to_thread(upgrade, settings.database.url)
     clock = OffsetClock()
-    tls, mtls_tls = tls_contexts(settings)
     services = build_services(settings, clock=clock)
+    tls, mtls_tls = tls_contexts(settings, services)
     apps = create_listener_apps(settings, tls=tls, mtls_tls=mtls_tls, services=services)
     also: tuple[tuple[Listener, int], ...] = ()
     if apps.mtls is not None and settings.server.mtls is not None:

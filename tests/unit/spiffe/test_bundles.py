@@ -270,7 +270,11 @@ def _der64(cert: x509.Certificate) -> str:
 
 BAD_JSON = [
     (lambda kit, root: b'{"keys": [', "json", "not valid JSON"),
-    (lambda kit, root: b'{"keys": [], "keys": []}', "json", "duplicate member"),
+    (
+        lambda kit, root: b'{"keys": [], "keys": []}',
+        "duplicate",
+        "'keys' appears twice",
+    ),
     (lambda kit, root: b'{"keys": [], "spiffe_sequence": NaN}', "json", "NaN"),
     (lambda kit, root: b"[]", "json", "not an object"),
     (lambda kit, root: b"{}", "json", "'keys' must be an array"),

@@ -1,0 +1,52 @@
+"""Helpers for trust and key tests: audit records, readiness, clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from swim_as.clients.admin import ClientAdmin
+from swim_as.storage.models import AuditRow
+from tests.support.harness import Running
+
+
+async def audit_rows(services: Any, prefix: str) -> list[AuditRow]:
+    """Audit records whose event starts with ``prefix``, oldest first."""
+    await services.audit.flush()
+    async with services.db.reading() as session:
+        rows = await session.scalars(
+            select(AuditRow)
+            .where(AuditRow.event.startswith(prefix, autoescape=True))
+            .order_by(AuditRow.id)
+        )
+        return list(rows.all())
+
+
+async def readyz(server: Running) -> httpx.Response:
+    async with server.client() as client:
+        return await client.get(f"{server.issuer}/readyz")
+
+
+def admin(server: Running) -> ClientAdmin:
+    s = server.services
+    return ClientAdmin(
+        s.db,
+        s.clients,
+        s.registration,
+        s.clock,
+        enabled_methods=frozenset({"tls_client_auth", "spiffe_x509"}),
+        actor="test",
+    )
+
+
+async def token_status(server: Running, svid: Any, client_id: str) -> str:
+    """``"200"``, the OAuth ``error``, or ``"handshake"`` when TLS refused."""
+    try:
+        r = await server.token(svid, client_id=client_id)
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+        return "handshake"
+    if r.status_code == 200:
+        return "200"
+    return str(r.json()["error"])
