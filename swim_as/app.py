@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -25,13 +25,41 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from swim_as.clientauth.authenticate import ClientAuthenticator
+from swim_as.clientauth.base import Credential, Finder, MethodAuthenticator
+from swim_as.clientauth.client_keys import ClientKeys
+from swim_as.clientauth.client_secret import ClientSecretAuthenticator
+from swim_as.clientauth.jwk import ASYMMETRIC_ALGORITHMS
+from swim_as.clientauth.jwks_fetch import (
+    AddressPolicy,
+    DestinationRefused,
+    JwksFetcher,
+    check_url,
+)
 from swim_as.clientauth.presented import CertificateParser
-from swim_as.clients.directory import ClientDirectory
-from swim_as.clients.metadata import SPIFFE_METHODS
-from swim_as.clients.model import SPIFFE_JWT, SPIFFE_X509, TLS_CLIENT_AUTH
+from swim_as.clientauth.private_key_jwt import PrivateKeyJwtAuthenticator
+from swim_as.clientauth.self_signed import (
+    SelfSignedAuthenticator,
+    SelfSignedCertificates,
+)
+from swim_as.clientauth.spiffe_jwt import SpiffeJwtAuthenticator
+from swim_as.clientauth.x509 import X509_SVID_METHODS, X509SvidAuthenticator
+from swim_as.clients.directory import ClientDirectory, WildcardDirectory
+from swim_as.clients.metadata import SECRET_METHODS
+from swim_as.clients.model import (
+    CLIENT_SECRET_BASIC,
+    CLIENT_SECRET_POST,
+    PRIVATE_KEY_JWT,
+    SELF_SIGNED_TLS_CLIENT_AUTH,
+    SPIFFE_JWT,
+)
 from swim_as.clients.registration import ManagementService, RegistrationService
 from swim_as.clock import Clock, SystemClock
-from swim_as.errors import OAuthError, ServerError, TemporarilyUnavailable
+from swim_as.errors import (
+    InvalidClientMetadata,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+)
 from swim_as.grants.client_credentials import ClientCredentialsGrant
 from swim_as.grants.decision import OperatorGrants
 from swim_as.http.discovery import (
@@ -51,10 +79,13 @@ from swim_as.keys.keyring import Keyring, KeyRotator, RotationPolicy, follow_key
 from swim_as.observability.audit import AuditBuffer
 from swim_as.settings import Settings
 from swim_as.spiffe.ids import TrustDomain
+from swim_as.spiffe.jwtsvid import ALGORITHMS as JWT_SVID_ALGORITHMS
+from swim_as.storage.assertions import SqlAssertionLog
 from swim_as.storage.clients import SqlClientRepository
 from swim_as.storage.db import Database
 from swim_as.tokens.minter import TokenMinter
 from swim_as.trust.files import FileBundleSource
+from swim_as.trust.refresh import JwtBundleRefresher
 from swim_as.trust.store import TrustStore
 
 log = logging.getLogger("swim_as.app")
@@ -63,12 +94,54 @@ log = logging.getLogger("swim_as.app")
 BUNDLE_POLL_SECONDS = 1.0
 # How often keys are re-read even without a notification (D11 bound).
 KEY_POLL_SECONDS = 5.0
+# How often rows of expired private_key_jwt assertions are deleted.
+ASSERTION_PURGE_SECONDS = 60.0
+# The order JWS algorithms are listed in discovery.
+_ALG_ORDER = (
+    "ES256",
+    "ES384",
+    "ES512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "EdDSA",
+)
 
 
 class HandshakeTrust(Protocol):
     """The TLS layer's view: which client CAs new handshakes accept."""
 
     def update(self, *, client_authorities: list[x509.Certificate]) -> None: ...
+
+
+class HandshakeStore:
+    """Everything a client certificate may chain to in the handshake.
+
+    The roots of every trust domain and every registered self-signed client
+    certificate (RFC 8705 §2.2); the handshake only pre-filters, each
+    method verifies again. :meth:`push` hands a new list to the TLS layer.
+    """
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        self_signed: Callable[[], list[x509.Certificate]],
+    ) -> None:
+        self._trust = trust
+        self._self_signed = self_signed
+        self.tls: HandshakeTrust | None = None
+
+    def push(self) -> None:
+        if self.tls is not None:
+            self.tls.update(
+                client_authorities=[
+                    *self._trust.x509_authorities(),
+                    *self._self_signed(),
+                ]
+            )
 
 
 @dataclass
@@ -90,6 +163,12 @@ class Services:
     audit: AuditBuffer
     parser: CertificateParser
     metadata: dict[str, Any]
+    wildcards: WildcardDirectory
+    jwt_refresher: JwtBundleRefresher
+    fetcher: JwksFetcher
+    self_signed: SelfSignedCertificates
+    handshake: HandshakeStore
+    assertions: SqlAssertionLog
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -111,6 +190,7 @@ def rotation_policy(settings: Settings) -> RotationPolicy:
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
     """Construct the services; nothing runs until :func:`start` is awaited."""
     clock = clock or SystemClock()
+    auth = settings.client_auth
     db = Database(
         settings.database.url,
         pool_size=settings.database.pool_size,
@@ -122,21 +202,107 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         td = TrustDomain.parse(domain.name)
         trust.add_domain(td)
         sources.append(FileBundleSource(td, domain.bundle_file, domain.jwt_bundle_file))
+    refresher = JwtBundleRefresher(
+        trust,
+        {source.trust_domain: source for source in sources},
+        clock,
+        interval=auth.key_refresh_interval_seconds,
+    )
     kek = settings.keys.load_kek()
     keyring = Keyring(db, kek, clock)
     rotator = KeyRotator(db, kek, clock, rotation_policy(settings))
     repository = SqlClientRepository(db)
     directory = ClientDirectory(repository, clock, watched=lambda: db.listening)
     db.subscribe(directory.on_change)
-    authenticator = ClientAuthenticator(trust, directory.get)
-    methods = enabled_methods(settings)
+    wildcards = WildcardDirectory(repository, clock, watched=lambda: db.listening)
+    db.subscribe(wildcards.on_change)
+    audit = AuditBuffer(db, clock)
+    fetcher = JwksFetcher(
+        AddressPolicy.from_strings(auth.jwks_uri_allowed_networks),
+        clock,
+        timeout=auth.jwks_uri_timeout_seconds,
+        max_bytes=auth.jwks_uri_max_bytes,
+        cache_seconds=auth.jwks_uri_cache_seconds,
+        retry_seconds=auth.key_refresh_interval_seconds,
+        ca_file=auth.jwks_uri_ca_file,
+    )
+    client_keys = ClientKeys(fetcher)
+    assertions = SqlAssertionLog(db)
+    handshake_holder: list[HandshakeStore] = []
+    self_signed = SelfSignedCertificates(
+        repository,
+        client_keys,
+        on_change=lambda: handshake_holder[0].push(),
+        refresh_seconds=auth.jwks_uri_cache_seconds,
+    )
+    handshake = HandshakeStore(trust, self_signed.certificates)
+    handshake_holder.append(handshake)
+    db.subscribe(self_signed.on_change)
+
+    methods: list[MethodAuthenticator] = []
+    finders: dict[Credential, Finder] = {}
+    enabled = set(enabled_methods(settings))
+    if enabled & X509_SVID_METHODS:
+        methods.append(X509SvidAuthenticator(trust, enabled & X509_SVID_METHODS))
+    if SELF_SIGNED_TLS_CLIENT_AUTH in enabled:
+        methods.append(SelfSignedAuthenticator(client_keys, clock))
+    if SPIFFE_JWT in enabled:
+        spiffe_jwt = SpiffeJwtAuthenticator(
+            trust,
+            clock,
+            lookup=directory.get,
+            patterns=wildcards.best_match,
+            reload=refresher.unknown_kid,
+            audience=settings.issuer,
+            max_lifetime=auth.assertion_max_lifetime_seconds,
+            leeway=auth.assertion_leeway_seconds,
+        )
+        methods.append(spiffe_jwt)
+        finders[Credential.JWT_SPIFFE] = spiffe_jwt.find
+    if PRIVATE_KEY_JWT in enabled:
+        private_key_jwt = PrivateKeyJwtAuthenticator(
+            client_keys,
+            assertions,
+            clock,
+            lookup=directory.get,
+            audience=settings.issuer,
+            max_lifetime=auth.assertion_max_lifetime_seconds,
+            leeway=auth.assertion_leeway_seconds,
+        )
+        methods.append(private_key_jwt)
+        finders[Credential.JWT_BEARER] = private_key_jwt.find
+    for method in (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST):
+        if method in enabled:
+            methods.append(ClientSecretAuthenticator(method, audit))
+    authenticator = ClientAuthenticator(
+        trust, directory.get, methods=methods, finders=finders
+    )
+
+    def check_jwks_uri(uri: str) -> None:
+        try:
+            check_url(uri, fetcher.policy)
+        except DestinationRefused as err:
+            raise InvalidClientMetadata(
+                str(err), detail=f"jwks_uri {uri[:200]!r}"
+            ) from err
+
+    async def check_destination(uri: str) -> None:
+        try:
+            await fetcher.check_destination(uri)
+        except DestinationRefused as err:
+            raise InvalidClientMetadata(
+                str(err), detail=f"jwks_uri {uri[:200]!r}"
+            ) from err
+
     registration = RegistrationService(
         db,
         repository,
         clock,
         issuer=settings.issuer,
-        enabled_methods=frozenset(methods),
+        enabled_methods=frozenset(enabled),
         self_registration=settings.registration.self_registration,
+        check_jwks_uri=check_jwks_uri,
+        check_destination=check_destination,
     )
     return Services(
         settings=settings,
@@ -151,30 +317,77 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         authenticator=authenticator,
         registration=registration,
         management=ManagementService(registration),
-        audit=AuditBuffer(db, clock),
+        audit=audit,
         parser=CertificateParser(),
-        metadata=build_metadata(settings.issuer, auth_methods=methods),
+        metadata=discovery_document(settings, trust),
+        wildcards=wildcards,
+        jwt_refresher=refresher,
+        fetcher=fetcher,
+        self_signed=self_signed,
+        handshake=handshake,
+        assertions=assertions,
     )
 
 
 def enabled_methods(settings: Settings) -> list[str]:
-    """Token endpoint auth methods that can succeed here (D2, D13)."""
-    methods = [TLS_CLIENT_AUTH, SPIFFE_X509]
-    assert set(methods) <= SPIFFE_METHODS and SPIFFE_JWT in SPIFFE_METHODS
-    return methods
+    """Token endpoint auth methods the operator turned on (D2)."""
+    return list(settings.client_auth.methods)
+
+
+def advertised_methods(settings: Settings, trust: TrustStore) -> list[str]:
+    """Enabled methods that can succeed now (D13): ``spiffe_jwt`` needs a
+    trust domain with JWT-SVID keys."""
+    return [
+        method
+        for method in enabled_methods(settings)
+        if method != SPIFFE_JWT or trust.has_jwt_keys()
+    ]
+
+
+def signing_algorithms(methods: list[str]) -> list[str]:
+    """RFC 8414 §2 ``token_endpoint_auth_signing_alg_values_supported``."""
+    algs: set[str] = set()
+    if PRIVATE_KEY_JWT in methods:
+        algs |= ASYMMETRIC_ALGORITHMS
+    if SPIFFE_JWT in methods:
+        algs |= JWT_SVID_ALGORITHMS
+    return [alg for alg in _ALG_ORDER if alg in algs]
+
+
+def discovery_document(settings: Settings, trust: TrustStore) -> dict[str, Any]:
+    """The RFC 8414 document for the bundles loaded now."""
+    methods = advertised_methods(settings, trust)
+    return build_metadata(
+        settings.issuer,
+        auth_methods=methods,
+        auth_signing_algs=signing_algorithms(methods),
+    )
 
 
 async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
     """Load bundles and keys, then follow changes in the background."""
-    if tls is not None:
-        authorities = services.trust.x509_authorities
+    settings = services.settings
+    services.handshake.tls = tls
 
-        def push(_: TrustDomain) -> None:
-            tls.update(client_authorities=authorities())
+    def bundles_changed(_: TrustDomain) -> None:
+        services.handshake.push()
+        services.metadata = discovery_document(settings, services.trust)
 
-        services.trust.on_change(push)
+    services.trust.on_change(bundles_changed)
     for source in services.bundle_sources:
         source.load_into(services.trust, initial=True)
+    # Inline certificates at once; jwks_uri ones are fetched in the background.
+    await services.self_signed.load_all(fetch=False)
+    services.handshake.push()
+    if settings.client_auth.client_secrets_enabled:
+        log.warning(
+            "client secret methods are enabled; use them only to migrate clients "
+            "to keys or SVIDs",
+            extra={
+                "event": "server.client_secrets_enabled",
+                "methods": sorted(SECRET_METHODS & set(settings.client_auth.methods)),
+            },
+        )
     await services.rotator.ensure_initial_key()
     await services.keyring.load()
     services.db.subscribe(_key_listener(services))
@@ -192,6 +405,8 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
             name="swim-as-keys",
         ),
         asyncio.create_task(services.audit.run(stop), name="swim-as-audit"),
+        asyncio.create_task(services.self_signed.run(stop), name="swim-as-self-signed"),
+        asyncio.create_task(_purge_assertions(services), name="swim-as-assertions"),
     ]
     log.info(
         "swim-as ready",
@@ -233,6 +448,22 @@ async def _watch_bundles(services: Services) -> None:
         for source in services.bundle_sources:
             if source.changed():
                 source.load_into(services.trust)
+
+
+async def _purge_assertions(services: Services) -> None:
+    """Delete the rows of expired private_key_jwt assertions, now and then."""
+    while not services.stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                services.stop.wait(), timeout=ASSERTION_PURGE_SECONDS
+            )
+        try:
+            await services.assertions.purge(services.clock.now())
+        except Exception as err:  # retried at the next round
+            log.warning(
+                "expired assertions not purged",
+                extra={"event": "assertions.purge_failed", "reason": repr(err)},
+            )
 
 
 async def readiness(services: Services) -> dict[str, Any]:
@@ -325,7 +556,7 @@ def create_app(
         max_body=settings.server.max_body_bytes,
     )
     discovery = DiscoveryRoutes(
-        services.metadata,
+        lambda: services.metadata,
         services.keyring.jwks,
         lambda: readiness(services),
         jwks_max_age=settings.keys.jwks_max_age_seconds,

@@ -51,6 +51,7 @@ class RegistrationRoutes:
     async def register(self, request: Request) -> Response:
         """RFC 7591 §3.1: register the caller's own SPIFFE ID."""
         body = await self._json_object(request)
+        self._registration.refuse_unauthorised(body)
         caller = self._caller_spiffe_id(request, required=True)
         assert caller is not None
         registration = await self._registration.register_self(body, caller)

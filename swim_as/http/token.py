@@ -134,6 +134,8 @@ class TokenEndpoint:
             certificate=certificate,
             client_assertion_type=_single(form, "client_assertion_type"),
             client_assertion=_single(form, "client_assertion"),
+            client_secret=_single(form, "client_secret"),
+            authorization=_authorization(scope),
         )
         return await self._authenticator.authenticate(credentials)
 
@@ -204,6 +206,17 @@ class TokenEndpoint:
 def _single(form: dict[str, list[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0] if values else None
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The ``Authorization`` header (RFC 6749 §2.3.1), if sent once."""
+    found = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if found is not None:
+                raise InvalidRequest("authorization header is repeated")
+            found = value.decode("latin-1")
+    return found
 
 
 def _resource(value: str) -> str:

@@ -16,7 +16,26 @@ async def test_metadata(server: Running) -> None:
         "registration_endpoint": f"{server.issuer}/register",
         "jwks_uri": f"{server.issuer}/jwks",
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["tls_client_auth", "spiffe_x509"],
+        # No trust domain has JWT-SVID keys here, so spiffe_jwt cannot
+        # succeed and is not listed (D13); secrets are off by default.
+        "token_endpoint_auth_methods_supported": [
+            "tls_client_auth",
+            "spiffe_x509",
+            "self_signed_tls_client_auth",
+            "private_key_jwt",
+        ],
+        "token_endpoint_auth_signing_alg_values_supported": [
+            "ES256",
+            "ES384",
+            "ES512",
+            "PS256",
+            "PS384",
+            "PS512",
+            "RS256",
+            "RS384",
+            "RS512",
+            "EdDSA",
+        ],
         "tls_client_certificate_bound_access_tokens": True,
     }
 
