@@ -6,10 +6,10 @@ forgery, RFC 9700 §4.15-adjacent; D13). The rules:
 
 - https only, with a host, without userinfo or fragment;
 - the host is resolved here, every address it resolves to is checked, and
-  the connection goes to the checked address itself (the name still serves
-  for SNI and certificate verification), so a name cannot resolve to a
-  public address for the check and to an internal one for the connection
-  (DNS rebinding);
+  the connection goes to a checked address itself (the name still serves
+  for SNI, certificate verification and ``Host``), so a name cannot resolve
+  to a public address for the check and to an internal one for the
+  connection (DNS rebinding);
 - refused: loopback, link-local, private (RFC 1918, RFC 4193), shared
   (RFC 6598), unspecified, multicast and other non-public addresses, unless
   the operator allowed their network (``client_auth.jwks_uri_allowed_networks``);
@@ -73,6 +73,10 @@ class DestinationRefused(ValueError):
 
 class FetchFailed(Exception):
     """The document could not be fetched or is not JSON."""
+
+
+class _Unreachable(FetchFailed):
+    """No connection to one address (the next one may work)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +242,8 @@ class JwksFetcher:
         port = parts.port or 443
         try:
             async with asyncio.timeout(self._timeout):
-                address = (await self._resolve(host, port))[0]
-                body = await self._download(parts, host, port, address)
+                addresses = await self._resolve(host, port)
+                body = await self._download_any(parts, host, port, addresses)
         except TimeoutError as err:
             raise FetchFailed(
                 f"{_shown(url)}: no answer within {self._timeout} s"
@@ -289,6 +293,19 @@ class JwksFetcher:
                 raise DestinationRefused(f"jwks_uri resolves to {reason} address")
         return addresses
 
+    async def _download_any(
+        self, parts: SplitResult, host: str, port: int, addresses: list[IPAddress]
+    ) -> bytes:
+        """Try the checked addresses in order until one connects."""
+        failure: FetchFailed | None = None
+        for address in addresses:
+            try:
+                return await self._download(parts, host, port, address)
+            except _Unreachable as err:
+                failure = err
+        assert failure is not None
+        raise failure
+
     async def _download(
         self, parts: SplitResult, host: str, port: int, address: IPAddress
     ) -> bytes:
@@ -332,6 +349,8 @@ class JwksFetcher:
                     if len(body) > self._max_bytes:
                         raise FetchFailed(f"{host}: body over {self._max_bytes} bytes")
                 return bytes(body)
+        except httpx.ConnectError as err:
+            raise _Unreachable(f"{host}: ConnectError: {err}"[:300]) from err
         except httpx.HTTPError as err:
             raise FetchFailed(f"{host}: {type(err).__name__}: {err}"[:300]) from err
 
