@@ -23,7 +23,8 @@ from sqlalchemy import event
 
 from swim_as.clients.model import Client
 from tests.support.clients import JWT_SPIFFE, operator
-from tests.support.harness import Running, TestPki as Pki, running_server
+from tests.support.harness import Running, running_server
+from tests.support.harness import TestPki as Pki
 from tests.support.jose import (
     hmac_with_public_key,
     json_serialization,

@@ -7,13 +7,13 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from swim_as.clientauth.authenticate import presented_credential
 from swim_as.clientauth.base import (
     JWT_BEARER_ASSERTION,
     JWT_SPIFFE_ASSERTION,
     Credential,
     Credentials,
 )
-from swim_as.clientauth.authenticate import presented_credential
 from swim_as.clientauth.client_secret import (
     hash_secret,
     new_secret,
