@@ -133,8 +133,9 @@ class ClientAuthenticator:
             for name in authenticator.methods:
                 registry[name] = authenticator
         self._methods = registry
+        # Certificates name the client by client_id (RFC 8705 §2); that
+        # path is inlined in authenticate.
         self._finders: dict[Credential, Finder] = {
-            Credential.CERTIFICATE: self._by_client_id,
             Credential.BASIC: self._by_basic,
             Credential.POST: self._by_form_secret,
             **(finders or {}),
@@ -146,6 +147,25 @@ class ClientAuthenticator:
 
     async def authenticate(self, credentials: Credentials) -> AuthenticatedClient:
         """Authenticate, or raise :class:`InvalidClient` / :class:`InvalidRequest`."""
+        if (
+            credentials.client_assertion is None
+            and credentials.client_assertion_type is None
+            and credentials.authorization is None
+            and credentials.client_secret is None
+        ):
+            # The benchmarked path (X.509-SVIDs): no credential but the
+            # certificate, one cached lookup and the method's check.
+            client_id = credentials.client_id
+            if client_id is None:
+                raise InvalidRequest(
+                    "client_id is required",
+                    detail="no client_id and no other client credential",
+                )
+            client = await self._lookup(client_id)
+            if client is None:
+                client = await self._missing(client_id, credentials)
+            method = self._method(client, Credential.CERTIFICATE)
+            return await method.authenticate(client, credentials, None)
         credential = presented_credential(credentials)
         try:
             finder = self._finders.get(credential)
@@ -155,23 +175,8 @@ class ClientAuthenticator:
                     detail=f"{credential.value} sent; its method is not enabled",
                 )
             claim = await finder(credentials)
-            client = claim.client
-            if client.disabled:
-                raise InvalidClient(
-                    "client is disabled",
-                    detail=f"client {client.client_id!r} is disabled",
-                )
-            method = self._methods.get(client.auth_method)
-            if method is None or method.credential is not credential:
-                raise InvalidClient(
-                    "client is registered for another authentication method",
-                    detail=(
-                        f"{client.client_id!r} registered {client.auth_method}"
-                        f"{'' if method else ' (not enabled)'}; "
-                        f"request carried {credential.value}"
-                    ),
-                )
-            return await method.authenticate(claim, credentials)
+            method = self._method(claim.client, credential)
+            return await method.authenticate(claim.client, credentials, claim.evidence)
         except InvalidClient as err:
             # D9: a client that used the Authorization header gets a 401
             # with a challenge for its scheme.
@@ -183,24 +188,37 @@ class ClientAuthenticator:
         """Verify a presented chain as an X.509-SVID, or raise InvalidClient."""
         return verify_svid(self._trust, certificate)
 
-    async def _by_client_id(self, credentials: Credentials) -> Claim:
-        """RFC 8705 §2: certificate methods name the client by client_id."""
-        client_id = credentials.client_id
-        if client_id is None:
-            raise InvalidRequest(
-                "client_id is required",
-                detail="no client_id and no other client credential",
+    def _method(self, client: Client, credential: Credential) -> MethodAuthenticator:
+        """The registered method's authenticator, if it takes ``credential``."""
+        if client.disabled:
+            raise InvalidClient(
+                "client is disabled",
+                detail=f"client {client.client_id!r} is disabled",
             )
-        client = await self._lookup(client_id)
-        if client is None and self._on_missing and credentials.certificate:
-            svid = self.verify_svid(credentials.certificate)
+        method = self._methods.get(client.auth_method)
+        if method is None or method.credential is not credential:
+            raise InvalidClient(
+                "client is registered for another authentication method",
+                detail=(
+                    f"{client.client_id!r} registered {client.auth_method}"
+                    f"{'' if method else ' (not enabled)'}; "
+                    f"request carried {credential.value}"
+                ),
+            )
+        return method
+
+    async def _missing(self, client_id: str, credentials: Credentials) -> Client:
+        """No client has ``client_id``: JIT registration by policy, or refuse."""
+        certificate = credentials.certificate
+        if self._on_missing is not None and certificate is not None:
+            svid = self.verify_svid(certificate)
             if str(svid.spiffe_id) == client_id:
                 client = await self._on_missing(svid)
-        if client is None:
-            raise InvalidClient(
-                "unknown client", detail=f"no client registered as {client_id!r}"
-            )
-        return Claim(client)
+                if client is not None:
+                    return client
+        raise InvalidClient(
+            "unknown client", detail=f"no client registered as {client_id!r}"
+        )
 
     async def _by_basic(self, credentials: Credentials) -> Claim:
         """RFC 6749 §2.3.1: client_id and secret in ``Authorization: Basic``."""

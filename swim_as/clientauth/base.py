@@ -97,7 +97,8 @@ class MethodAuthenticator(Protocol):
         ...
 
     async def authenticate(
-        self, claim: Claim, credentials: Credentials
+        self, client: Client, credentials: Credentials, evidence: object
     ) -> AuthenticatedClient:
-        """Prove the claim, or raise ``InvalidClient``."""
+        """Prove that the request comes from ``client``, or raise
+        ``InvalidClient``; ``evidence`` is what its finder learned."""
         ...

@@ -28,11 +28,10 @@ from urllib.parse import unquote_plus
 
 from swim_as.clientauth.base import (
     AuthenticatedClient,
-    Claim,
     Credential,
     Credentials,
 )
-from swim_as.clients.model import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST
+from swim_as.clients.model import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, Client
 from swim_as.errors import InvalidClient
 from swim_as.observability.audit import AuditBuffer
 
@@ -136,9 +135,9 @@ class ClientSecretAuthenticator:
         self._audit = audit
 
     async def authenticate(
-        self, claim: Claim, credentials: Credentials
+        self, client: Client, credentials: Credentials, evidence: object
     ) -> AuthenticatedClient:
-        client, secret = claim.client, claim.evidence
+        secret = evidence
         assert isinstance(secret, str)
         if not await asyncio.to_thread(verify_secret, client.secret_hash, secret):
             raise InvalidClient(

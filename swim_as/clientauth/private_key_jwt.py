@@ -105,9 +105,9 @@ class PrivateKeyJwtAuthenticator:
         return Claim(client, parsed)
 
     async def authenticate(
-        self, claim: Claim, credentials: Credentials
+        self, client: Client, credentials: Credentials, evidence: object
     ) -> AuthenticatedClient:
-        client, parsed = claim.client, claim.evidence
+        parsed = evidence
         assert isinstance(parsed, ParsedAssertion)
         verified = await self._verify(client, parsed)
 

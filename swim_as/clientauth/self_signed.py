@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from swim_as.clientauth.base import (
     AuthenticatedClient,
-    Claim,
     Credential,
     Credentials,
 )
@@ -52,9 +51,8 @@ class SelfSignedAuthenticator:
         self._clock = clock
 
     async def authenticate(
-        self, claim: Claim, credentials: Credentials
+        self, client: Client, credentials: Credentials, evidence: object
     ) -> AuthenticatedClient:
-        client = claim.client
         certificate = credentials.certificate
         if certificate is None or not certificate.proven:
             raise InvalidClient(

@@ -105,16 +105,16 @@ class SpiffeJwtAuthenticator:
         return Claim(client, svid)
 
     async def authenticate(
-        self, claim: Claim, credentials: Credentials
+        self, client: Client, credentials: Credentials, evidence: object
     ) -> AuthenticatedClient:
-        svid = claim.evidence
+        svid = evidence
         assert isinstance(svid, VerifiedJwtSvid)
         not_after = svid.expires_at.timestamp()
         certificate = self._bindable(credentials.certificate, svid.spiffe_id)
         if certificate is not None:
             not_after = min(not_after, certificate[1])
         return AuthenticatedClient(
-            client=claim.client,
+            client=client,
             method=SPIFFE_JWT,
             spiffe_id=str(svid.spiffe_id),
             certificate=certificate[0] if certificate else None,

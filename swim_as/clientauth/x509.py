@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from swim_as.clientauth.base import (
     AuthenticatedClient,
-    Claim,
     Credential,
     Credentials,
 )
 from swim_as.clientauth.presented import PresentedCertificate
-from swim_as.clients.model import SPIFFE_X509, TLS_CLIENT_AUTH
+from swim_as.clients.model import SPIFFE_X509, TLS_CLIENT_AUTH, Client
 from swim_as.errors import InvalidClient
 from swim_as.spiffe.errors import X509SvidError
 from swim_as.spiffe.x509svid import VerifiedX509Svid
@@ -57,9 +56,8 @@ class X509SvidAuthenticator:
         self.methods = frozenset(methods)
 
     async def authenticate(
-        self, claim: Claim, credentials: Credentials
+        self, client: Client, credentials: Credentials, evidence: object
     ) -> AuthenticatedClient:
-        client = claim.client
         certificate = credentials.certificate
         if certificate is None:
             raise InvalidClient(
