@@ -544,3 +544,49 @@ async def test_self_registration_refused(server: Running) -> None:
         await server.services.registration.register_self(
             body, "spiffe://example.org/ns/a/sa/wants"
         )
+
+
+async def test_management_of_a_key_client(server: Running) -> None:
+    """RFC 7592: the registration access token manages a key client; the
+    same key rules apply to an update."""
+    registration = await operator(server).add_other(
+        {
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [jwk_of(EC.public_key(), kid="ec")]},
+        }
+    )
+    body = server.services.registration.response(registration)
+    uri, token = body["registration_client_uri"], body["registration_access_token"]
+    update = {
+        k: v
+        for k, v in body.items()
+        if k
+        not in (
+            "registration_access_token",
+            "registration_client_uri",
+            "client_id_issued_at",
+        )
+    }
+    headers = {"authorization": f"Bearer {token}"}
+    async with server.client() as c:
+        read = await c.get(uri, headers=headers)
+        assert read.status_code == 200 and read.json()["jwks"] == body["jwks"]
+        for change, message in (
+            ({"jwks": {"keys": [PRIVATE]}}, "not a public key"),
+            ({"jwks": None, "jwks_uri": "https://127.0.0.2/jwks"}, "loopback"),
+            ({"jwks": None, "jwks_uri": "https://10.1.2.3/jwks"}, "private"),
+            ({"token_endpoint_auth_method": "tls_client_auth"}, ""),
+        ):
+            sent = {k: v for k, v in {**update, **change}.items() if v is not None}
+            r = await c.put(uri, json=sent, headers=headers)
+            assert (r.status_code, r.json()["error"]) == (
+                400,
+                "invalid_client_metadata",
+            ), r.text
+            assert message in r.json()["error_description"]
+        rotated = {"keys": [jwk_of(ED.public_key(), kid="ed")]}
+        r = await c.put(uri, json={**update, "jwks": rotated}, headers=headers)
+        assert r.status_code == 200, r.text
+    client = KeyClient(registration.client.client_id, {"ed": ED})
+    t = await with_assertion(server, assertion(server, client, kid="ed", alg="EdDSA"))
+    assert t.status_code == 200, t.text
