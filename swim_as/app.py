@@ -125,23 +125,21 @@ class HandshakeStore:
     method verifies again. :meth:`push` hands a new list to the TLS layer.
     """
 
-    def __init__(
-        self,
-        trust: TrustStore,
-        self_signed: Callable[[], list[x509.Certificate]],
-    ) -> None:
+    def __init__(self, trust: TrustStore) -> None:
         self._trust = trust
-        self._self_signed = self_signed
+        self._extra: list[Callable[[], list[x509.Certificate]]] = []
         self.tls: HandshakeTrust | None = None
+
+    def include(self, certificates: Callable[[], list[x509.Certificate]]) -> None:
+        """Add a source of client certificates accepted as they are."""
+        self._extra.append(certificates)
 
     def push(self) -> None:
         if self.tls is not None:
-            self.tls.update(
-                client_authorities=[
-                    *self._trust.x509_authorities(),
-                    *self._self_signed(),
-                ]
-            )
+            authorities = self._trust.x509_authorities()
+            for source in self._extra:
+                authorities.extend(source())
+            self.tls.update(client_authorities=authorities)
 
 
 @dataclass
@@ -228,16 +226,16 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )
     client_keys = ClientKeys(fetcher)
     assertions = SqlAssertionLog(db)
-    handshake_holder: list[HandshakeStore] = []
+    handshake = HandshakeStore(trust)
     self_signed = SelfSignedCertificates(
         repository,
         client_keys,
-        on_change=lambda: handshake_holder[0].push(),
+        on_change=handshake.push,
         refresh_seconds=auth.jwks_uri_cache_seconds,
     )
-    handshake = HandshakeStore(trust, self_signed.certificates)
-    handshake_holder.append(handshake)
-    db.subscribe(self_signed.on_change)
+    if SELF_SIGNED_TLS_CLIENT_AUTH in auth.methods:
+        handshake.include(self_signed.certificates)
+        db.subscribe(self_signed.on_change)
 
     methods: list[MethodAuthenticator] = []
     finders: dict[Credential, Finder] = {}
@@ -376,8 +374,10 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
     services.trust.on_change(bundles_changed)
     for source in services.bundle_sources:
         source.load_into(services.trust, initial=True)
-    # Inline certificates at once; jwks_uri ones are fetched in the background.
-    await services.self_signed.load_all(fetch=False)
+    self_signed = SELF_SIGNED_TLS_CLIENT_AUTH in settings.client_auth.methods
+    if self_signed:
+        # Inline certificates at once; jwks_uri ones in the background task.
+        await services.self_signed.load_all(fetch=False)
     services.handshake.push()
     if settings.client_auth.client_secrets_enabled:
         log.warning(
@@ -405,9 +405,14 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
             name="swim-as-keys",
         ),
         asyncio.create_task(services.audit.run(stop), name="swim-as-audit"),
-        asyncio.create_task(services.self_signed.run(stop), name="swim-as-self-signed"),
         asyncio.create_task(_purge_assertions(services), name="swim-as-assertions"),
     ]
+    if self_signed:
+        services.tasks.append(
+            asyncio.create_task(
+                services.self_signed.run(stop), name="swim-as-self-signed"
+            )
+        )
     log.info(
         "swim-as ready",
         extra={

@@ -229,6 +229,7 @@ class ClientAuthSettings(_Section):
 
     methods: list[AuthMethod] = Field(
         default_factory=lambda: list(DEFAULT_AUTH_METHODS),
+        min_length=1,
         description=(
             "Token endpoint auth methods served, in discovery order. "
             "client_secret_basic and client_secret_post exist only to migrate "
@@ -261,7 +262,7 @@ class ClientAuthSettings(_Section):
         ),
     )
     jwks_uri_cache_seconds: int = Field(
-        300, ge=0, description="How long a fetched client jwks_uri document is used."
+        300, ge=1, description="How long a fetched client jwks_uri document is used."
     )
     jwks_uri_timeout_seconds: float = Field(
         5.0,

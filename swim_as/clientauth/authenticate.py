@@ -129,7 +129,9 @@ class ClientAuthenticator:
         self._lookup = lookup
         self._on_missing = on_missing_client
         registry: dict[str, MethodAuthenticator] = {}
-        for authenticator in methods or (X509SvidAuthenticator(trust),):
+        if methods is None:
+            methods = (X509SvidAuthenticator(trust),)
+        for authenticator in methods:
             for name in authenticator.methods:
                 registry[name] = authenticator
         self._methods = registry
