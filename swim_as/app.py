@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -237,9 +237,69 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         handshake.include(self_signed.certificates)
         db.subscribe(self_signed.on_change)
 
+    authenticator = _client_authenticator(
+        settings,
+        clock,
+        trust,
+        directory,
+        wildcards,
+        refresher,
+        client_keys,
+        assertions,
+        audit,
+    )
+    check_jwks_uri, check_destination = _jwks_uri_checks(fetcher)
+    registration = RegistrationService(
+        db,
+        repository,
+        clock,
+        issuer=settings.issuer,
+        enabled_methods=frozenset(enabled_methods(settings)),
+        self_registration=settings.registration.self_registration,
+        check_jwks_uri=check_jwks_uri,
+        check_destination=check_destination,
+    )
+    return Services(
+        settings=settings,
+        clock=clock,
+        db=db,
+        trust=trust,
+        bundle_sources=sources,
+        keyring=keyring,
+        rotator=rotator,
+        clients=repository,
+        directory=directory,
+        authenticator=authenticator,
+        registration=registration,
+        management=ManagementService(registration),
+        audit=audit,
+        parser=CertificateParser(),
+        metadata=discovery_document(settings, trust),
+        wildcards=wildcards,
+        jwt_refresher=refresher,
+        fetcher=fetcher,
+        self_signed=self_signed,
+        handshake=handshake,
+        assertions=assertions,
+    )
+
+
+def _client_authenticator(
+    settings: Settings,
+    clock: Clock,
+    trust: TrustStore,
+    directory: ClientDirectory,
+    wildcards: WildcardDirectory,
+    refresher: JwtBundleRefresher,
+    client_keys: ClientKeys,
+    assertions: SqlAssertionLog,
+    audit: AuditBuffer,
+) -> ClientAuthenticator:
+    """One authenticator per enabled method, in a registry by method name."""
+    auth = settings.client_auth
+    enabled = set(enabled_methods(settings))
     methods: list[MethodAuthenticator] = []
     finders: dict[Credential, Finder] = {}
-    enabled = set(enabled_methods(settings))
     if enabled & X509_SVID_METHODS:
         methods.append(X509SvidAuthenticator(trust, enabled & X509_SVID_METHODS))
     if SELF_SIGNED_TLS_CLIENT_AUTH in enabled:
@@ -272,9 +332,13 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     for method in (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST):
         if method in enabled:
             methods.append(ClientSecretAuthenticator(method, audit))
-    authenticator = ClientAuthenticator(
-        trust, directory.get, methods=methods, finders=finders
-    )
+    return ClientAuthenticator(trust, directory.get, methods=methods, finders=finders)
+
+
+def _jwks_uri_checks(
+    fetcher: JwksFetcher,
+) -> tuple[Callable[[str], None], Callable[[str], Awaitable[None]]]:
+    """The registration's jwks_uri checks (D13): without and with DNS."""
 
     def check_jwks_uri(uri: str) -> None:
         try:
@@ -292,39 +356,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
                 str(err), detail=f"jwks_uri {uri[:200]!r}"
             ) from err
 
-    registration = RegistrationService(
-        db,
-        repository,
-        clock,
-        issuer=settings.issuer,
-        enabled_methods=frozenset(enabled),
-        self_registration=settings.registration.self_registration,
-        check_jwks_uri=check_jwks_uri,
-        check_destination=check_destination,
-    )
-    return Services(
-        settings=settings,
-        clock=clock,
-        db=db,
-        trust=trust,
-        bundle_sources=sources,
-        keyring=keyring,
-        rotator=rotator,
-        clients=repository,
-        directory=directory,
-        authenticator=authenticator,
-        registration=registration,
-        management=ManagementService(registration),
-        audit=audit,
-        parser=CertificateParser(),
-        metadata=discovery_document(settings, trust),
-        wildcards=wildcards,
-        jwt_refresher=refresher,
-        fetcher=fetcher,
-        self_signed=self_signed,
-        handshake=handshake,
-        assertions=assertions,
-    )
+    return check_jwks_uri, check_destination
 
 
 def enabled_methods(settings: Settings) -> list[str]:
