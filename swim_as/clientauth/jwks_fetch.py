@@ -356,9 +356,14 @@ class JwksFetcher:
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            self._ssl = ssl.create_default_context(
-                cafile=str(self._ca_file) if self._ca_file else None
-            )
+            try:
+                self._ssl = ssl.create_default_context(
+                    cafile=str(self._ca_file) if self._ca_file else None
+                )
+            except (OSError, ssl.SSLError) as err:
+                raise FetchFailed(
+                    f"client_auth.jwks_uri_ca_file cannot be used: {err}"
+                ) from err
         return self._ssl
 
 

@@ -7,6 +7,7 @@ contacted (the listener counts connections to prove it).
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,12 @@ async def test_refresh_is_rate_limited(pki: Pki) -> None:
         clock.advance(31)
         await fetcher.get(server.url(), refresh=True)
         assert server.connections == 2
+
+
+async def test_unreadable_ca_file_is_a_fetch_failure(tmp_path: object) -> None:
+    async with jwks_server() as server:
+        fetcher = JwksFetcher(
+            LOOPBACK_OK, FixedClock(1000.0), ca_file=Path("/nonexistent/ca.pem")
+        )
+        with pytest.raises(FetchFailed, match="jwks_uri_ca_file"):
+            await fetcher.get(server.url())
