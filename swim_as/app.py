@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -27,20 +27,48 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from swim_as.clientauth.authenticate import ClientAuthenticator
+from swim_as.clientauth.base import Credential, Finder, MethodAuthenticator
+from swim_as.clientauth.client_keys import ClientKeys
+from swim_as.clientauth.client_secret import ClientSecretAuthenticator
 from swim_as.clientauth.forwarded import HeaderLimits
 from swim_as.clientauth.forwarded_identity import authenticate_forwarded_identity
+from swim_as.clientauth.jwk import ASYMMETRIC_ALGORITHMS
+from swim_as.clientauth.jwks_fetch import (
+    AddressPolicy,
+    DestinationRefused,
+    JwksFetcher,
+    check_url,
+)
 from swim_as.clientauth.mesh import (
     ForwardedCertificateReader,
     ForwardOptions,
     TrustedProxies,
 )
 from swim_as.clientauth.presented import CertificateParser, PresentedCertificate
-from swim_as.clients.directory import ClientDirectory
-from swim_as.clients.metadata import SPIFFE_METHODS
-from swim_as.clients.model import SPIFFE_JWT, SPIFFE_X509, TLS_CLIENT_AUTH
+from swim_as.clientauth.private_key_jwt import PrivateKeyJwtAuthenticator
+from swim_as.clientauth.self_signed import (
+    SelfSignedAuthenticator,
+    SelfSignedCertificates,
+)
+from swim_as.clientauth.spiffe_jwt import SpiffeJwtAuthenticator
+from swim_as.clientauth.x509 import X509_SVID_METHODS, X509SvidAuthenticator
+from swim_as.clients.directory import ClientDirectory, WildcardDirectory
+from swim_as.clients.metadata import SECRET_METHODS
+from swim_as.clients.model import (
+    CLIENT_SECRET_BASIC,
+    CLIENT_SECRET_POST,
+    PRIVATE_KEY_JWT,
+    SELF_SIGNED_TLS_CLIENT_AUTH,
+    SPIFFE_JWT,
+)
 from swim_as.clients.registration import ManagementService, RegistrationService
 from swim_as.clock import Clock, SystemClock
-from swim_as.errors import OAuthError, ServerError, TemporarilyUnavailable
+from swim_as.errors import (
+    InvalidClientMetadata,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+)
 from swim_as.grants.client_credentials import ClientCredentialsGrant
 from swim_as.grants.decision import OperatorGrants
 from swim_as.http.discovery import (
@@ -65,10 +93,13 @@ from swim_as.observability.audit import AuditBuffer
 from swim_as.serving_cert import ServingCertificate
 from swim_as.settings import FORWARDED_SOURCES, KEY_RELOAD_SECONDS, Settings
 from swim_as.spiffe.ids import TrustDomain
+from swim_as.spiffe.jwtsvid import ALGORITHMS as JWT_SVID_ALGORITHMS
 from swim_as.spiffe.x509svid import VerifiedX509Svid
+from swim_as.storage.assertions import SqlAssertionLog
 from swim_as.storage.clients import SqlClientRepository
 from swim_as.storage.db import Database
 from swim_as.tokens.minter import TokenMinter
+from swim_as.trust.refresh import JwtBundleRefresher
 from swim_as.trust.sources import TrustSources, build_trust_sources
 from swim_as.trust.store import TrustStore
 
@@ -76,6 +107,21 @@ log = logging.getLogger("swim_as.app")
 
 # How often keys are re-read even without a notification (D11 bound).
 KEY_POLL_SECONDS = float(KEY_RELOAD_SECONDS)
+# How often rows of expired private_key_jwt assertions are deleted.
+ASSERTION_PURGE_SECONDS = 60.0
+# The order JWS algorithms are listed in discovery.
+_ALG_ORDER = (
+    "ES256",
+    "ES384",
+    "ES512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "EdDSA",
+)
 
 
 class HandshakeTrust(Protocol):
@@ -89,6 +135,44 @@ class HandshakeTrust(Protocol):
         key_file: str | os.PathLike[str] | None = None,
         client_authorities: Sequence[x509.Certificate] | None = None,
     ) -> None: ...
+
+
+class HandshakeStore:
+    """Everything a client certificate may chain to in the handshake.
+
+    The roots of every trust domain and every registered self-signed client
+    certificate (RFC 8705 §2.2); the handshake only pre-filters, each
+    method verifies again. :meth:`push` hands a new list to the TLS layer.
+    """
+
+    def __init__(self, trust: TrustStore) -> None:
+        self._trust = trust
+        self._extra: list[Callable[[], list[x509.Certificate]]] = []
+        self._push: Callable[[], None] | None = None
+
+    def include(self, certificates: Callable[[], list[x509.Certificate]]) -> None:
+        """Add a source of client certificates accepted as they are."""
+        self._extra.append(certificates)
+
+    def authorities(self) -> list[x509.Certificate]:
+        """Trust-domain authorities plus certificates accepted as they are."""
+        authorities = self._trust.x509_authorities()
+        for source in self._extra:
+            authorities.extend(source())
+        return authorities
+
+    def attach(self, tls: HandshakeTrust, serving: ServingCertificate | None) -> None:
+        """Send future lists to ``tls``; through the serving certificate's
+        follower when there is one, which hands both to the TLS layer."""
+        if serving is not None:
+            serving.attach(tls, self.authorities)
+            self._push = serving.push_authorities
+        else:
+            self._push = lambda: tls.update(client_authorities=self.authorities())
+
+    def push(self) -> None:
+        if self._push is not None:
+            self._push()
 
 
 @dataclass
@@ -110,6 +194,12 @@ class Services:
     audit: AuditBuffer
     parser: CertificateParser
     metadata: dict[str, Any]
+    wildcards: WildcardDirectory
+    jwt_refresher: JwtBundleRefresher
+    fetcher: JwksFetcher
+    self_signed: SelfSignedCertificates
+    handshake: HandshakeStore
+    assertions: SqlAssertionLog
     serving_cert: ServingCertificate | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -132,6 +222,7 @@ def rotation_policy(settings: Settings) -> RotationPolicy:
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
     """Construct the services; nothing runs until :func:`start` is awaited."""
     clock = clock or SystemClock()
+    auth = settings.client_auth
     db = Database(
         settings.database.url,
         pool_size=settings.database.pool_size,
@@ -140,21 +231,63 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     trust = TrustStore(clock)
     audit = AuditBuffer(db, clock)
     trust_sources = build_trust_sources(settings, trust, audit, clock)
+    refresher = JwtBundleRefresher(
+        trust,
+        trust_sources.reloaders(),
+        clock,
+        interval=auth.key_refresh_interval_seconds,
+    )
     kek = settings.keys.load_kek()
     keyring = Keyring(db, kek, clock, audit=audit)
     rotator = KeyRotator(db, kek, clock, rotation_policy(settings))
     repository = SqlClientRepository(db)
     directory = ClientDirectory(repository, clock, watched=lambda: db.listening)
     db.subscribe(directory.on_change)
-    authenticator = ClientAuthenticator(trust, directory.get)
-    methods = enabled_methods(settings)
+    wildcards = WildcardDirectory(repository, clock, watched=lambda: db.listening)
+    db.subscribe(wildcards.on_change)
+    fetcher = JwksFetcher(
+        AddressPolicy.from_strings(auth.jwks_uri_allowed_networks),
+        clock,
+        timeout=auth.jwks_uri_timeout_seconds,
+        max_bytes=auth.jwks_uri_max_bytes,
+        cache_seconds=auth.jwks_uri_cache_seconds,
+        retry_seconds=auth.key_refresh_interval_seconds,
+        ca_file=auth.jwks_uri_ca_file,
+    )
+    client_keys = ClientKeys(fetcher)
+    assertions = SqlAssertionLog(db)
+    handshake = HandshakeStore(trust)
+    self_signed = SelfSignedCertificates(
+        repository,
+        client_keys,
+        on_change=handshake.push,
+        refresh_seconds=auth.jwks_uri_cache_seconds,
+    )
+    if SELF_SIGNED_TLS_CLIENT_AUTH in auth.methods:
+        handshake.include(self_signed.certificates)
+        db.subscribe(self_signed.on_change)
+
+    authenticator = _client_authenticator(
+        settings,
+        clock,
+        trust,
+        directory,
+        wildcards,
+        refresher,
+        client_keys,
+        assertions,
+        audit,
+    )
+    check_jwks_uri, check_destination = _jwks_uri_checks(fetcher)
     registration = RegistrationService(
         db,
         repository,
         clock,
         issuer=settings.issuer,
-        enabled_methods=frozenset(methods),
+        enabled_methods=frozenset(enabled_methods(settings)),
         self_registration=settings.registration.self_registration,
+        check_jwks_uri=check_jwks_uri,
+        check_destination=check_destination,
     )
     return Services(
         settings=settings,
@@ -171,9 +304,13 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         management=ManagementService(registration),
         audit=audit,
         parser=CertificateParser(),
-        metadata=build_metadata(
-            settings.issuer, auth_methods=methods, mtls_aliases=mtls_aliases(settings)
-        ),
+        metadata=discovery_document(settings, trust),
+        wildcards=wildcards,
+        jwt_refresher=refresher,
+        fetcher=fetcher,
+        self_signed=self_signed,
+        handshake=handshake,
+        assertions=assertions,
         serving_cert=serving_certificate(settings, trust_sources),
     )
 
@@ -208,11 +345,115 @@ def serving_certificate(
     return ServingCertificate("files", cert_file=tls.cert_file, key_file=tls.key_file)
 
 
+def _client_authenticator(
+    settings: Settings,
+    clock: Clock,
+    trust: TrustStore,
+    directory: ClientDirectory,
+    wildcards: WildcardDirectory,
+    refresher: JwtBundleRefresher,
+    client_keys: ClientKeys,
+    assertions: SqlAssertionLog,
+    audit: AuditBuffer,
+) -> ClientAuthenticator:
+    """One authenticator per enabled method, in a registry by method name."""
+    auth = settings.client_auth
+    enabled = set(enabled_methods(settings))
+    methods: list[MethodAuthenticator] = []
+    finders: dict[Credential, Finder] = {}
+    if enabled & X509_SVID_METHODS:
+        methods.append(X509SvidAuthenticator(trust, enabled & X509_SVID_METHODS))
+    if SELF_SIGNED_TLS_CLIENT_AUTH in enabled:
+        methods.append(SelfSignedAuthenticator(client_keys, clock))
+    if SPIFFE_JWT in enabled:
+        spiffe_jwt = SpiffeJwtAuthenticator(
+            trust,
+            clock,
+            lookup=directory.get,
+            patterns=wildcards.best_match,
+            reload=refresher.unknown_kid,
+            audience=settings.issuer,
+            max_lifetime=auth.assertion_max_lifetime_seconds,
+            leeway=auth.assertion_leeway_seconds,
+        )
+        methods.append(spiffe_jwt)
+        finders[Credential.JWT_SPIFFE] = spiffe_jwt.find
+    if PRIVATE_KEY_JWT in enabled:
+        private_key_jwt = PrivateKeyJwtAuthenticator(
+            client_keys,
+            assertions,
+            clock,
+            lookup=directory.get,
+            audience=settings.issuer,
+            max_lifetime=auth.assertion_max_lifetime_seconds,
+            leeway=auth.assertion_leeway_seconds,
+        )
+        methods.append(private_key_jwt)
+        finders[Credential.JWT_BEARER] = private_key_jwt.find
+    for method in (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST):
+        if method in enabled:
+            methods.append(ClientSecretAuthenticator(method, audit))
+    return ClientAuthenticator(trust, directory.get, methods=methods, finders=finders)
+
+
+def _jwks_uri_checks(
+    fetcher: JwksFetcher,
+) -> tuple[Callable[[str], None], Callable[[str], Awaitable[None]]]:
+    """The registration's jwks_uri checks (D13): without and with DNS."""
+
+    def check_jwks_uri(uri: str) -> None:
+        try:
+            check_url(uri, fetcher.policy)
+        except DestinationRefused as err:
+            raise InvalidClientMetadata(
+                str(err), detail=f"jwks_uri {uri[:200]!r}"
+            ) from err
+
+    async def check_destination(uri: str) -> None:
+        try:
+            await fetcher.check_destination(uri)
+        except DestinationRefused as err:
+            raise InvalidClientMetadata(
+                str(err), detail=f"jwks_uri {uri[:200]!r}"
+            ) from err
+
+    return check_jwks_uri, check_destination
+
+
 def enabled_methods(settings: Settings) -> list[str]:
-    """Token endpoint auth methods that can succeed here (D2, D13)."""
-    methods = [TLS_CLIENT_AUTH, SPIFFE_X509]
-    assert set(methods) <= SPIFFE_METHODS and SPIFFE_JWT in SPIFFE_METHODS
-    return methods
+    """Token endpoint auth methods the operator turned on (D2)."""
+    return list(settings.client_auth.methods)
+
+
+def advertised_methods(settings: Settings, trust: TrustStore) -> list[str]:
+    """Enabled methods that can succeed now (D13): ``spiffe_jwt`` needs a
+    trust domain with JWT-SVID keys."""
+    return [
+        method
+        for method in enabled_methods(settings)
+        if method != SPIFFE_JWT or trust.has_jwt_keys()
+    ]
+
+
+def signing_algorithms(methods: list[str]) -> list[str]:
+    """RFC 8414 §2 ``token_endpoint_auth_signing_alg_values_supported``."""
+    algs: set[str] = set()
+    if PRIVATE_KEY_JWT in methods:
+        algs |= ASYMMETRIC_ALGORITHMS
+    if SPIFFE_JWT in methods:
+        algs |= JWT_SVID_ALGORITHMS
+    return [alg for alg in _ALG_ORDER if alg in algs]
+
+
+def discovery_document(settings: Settings, trust: TrustStore) -> dict[str, Any]:
+    """The RFC 8414 document for the bundles loaded now."""
+    methods = advertised_methods(settings, trust)
+    return build_metadata(
+        settings.issuer,
+        auth_methods=methods,
+        auth_signing_algs=signing_algorithms(methods),
+        mtls_aliases=mtls_aliases(settings),
+    )
 
 
 async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
@@ -222,8 +463,15 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
         BundleError: a bundle file or bootstrap bundle does not load.
         KeyDecryptionError: the KEK does not open the stored signing keys.
     """
+    settings = services.settings
     if tls is not None:
-        services.trust.on_change(_handshake_listener(services, tls))
+        services.handshake.attach(tls, services.serving_cert)
+
+    def bundles_changed(_: TrustDomain) -> None:
+        services.handshake.push()
+        services.metadata = discovery_document(settings, services.trust)
+
+    services.trust.on_change(bundles_changed)
     services.tasks = [
         asyncio.create_task(services.audit.run(services.stop), name="swim-as-audit")
     ]
@@ -234,6 +482,15 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
         # far is still written.
         await stop(services)
         raise
+    if settings.client_auth.client_secrets_enabled:
+        log.warning(
+            "client secret methods are enabled; use them only to migrate clients "
+            "to keys or SVIDs",
+            extra={
+                "event": "server.client_secrets_enabled",
+                "methods": sorted(SECRET_METHODS & set(settings.client_auth.methods)),
+            },
+        )
     log.info(
         "swim-as ready",
         extra={
@@ -244,22 +501,15 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
     )
 
 
-def _handshake_listener(
-    services: Services, tls: HandshakeTrust
-) -> Callable[[TrustDomain], None]:
-    """Hand every bundle change to the TLS handshake's client authorities."""
-    authorities = services.trust.x509_authorities
-    serving = services.serving_cert
-    if serving is not None:
-        serving.attach(tls, authorities)
-        return lambda _: serving.push_authorities()
-    return lambda _: tls.update(client_authorities=authorities())
-
-
 async def _start_following(services: Services, tls: HandshakeTrust | None) -> None:
     stop = services.stop
     serving = services.serving_cert
     services.trust_sources.load_initial()
+    self_signed = SELF_SIGNED_TLS_CLIENT_AUTH in services.settings.client_auth.methods
+    if self_signed:
+        # Inline certificates at once; jwks_uri ones in the background task.
+        await services.self_signed.load_all(fetch=False)
+    services.handshake.push()
     services.tasks += [
         asyncio.create_task(work, name=name)
         for name, work in services.trust_sources.tasks(stop)
@@ -268,6 +518,15 @@ async def _start_following(services: Services, tls: HandshakeTrust | None) -> No
         services.tasks.append(
             asyncio.create_task(serving.run(stop), name="swim-as-serving-cert")
         )
+    if self_signed:
+        services.tasks.append(
+            asyncio.create_task(
+                services.self_signed.run(stop), name="swim-as-self-signed"
+            )
+        )
+    services.tasks.append(
+        asyncio.create_task(_purge_assertions(services), name="swim-as-assertions")
+    )
     await services.trust_sources.first_refresh()
     await services.rotator.ensure_initial_key()
     try:
@@ -317,6 +576,22 @@ def _key_listener(services: Services) -> Any:
             )
 
     return on_change
+
+
+async def _purge_assertions(services: Services) -> None:
+    """Delete the rows of expired private_key_jwt assertions, now and then."""
+    while not services.stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                services.stop.wait(), timeout=ASSERTION_PURGE_SECONDS
+            )
+        try:
+            await services.assertions.purge(services.clock.now())
+        except Exception as err:  # retried at the next round
+            log.warning(
+                "expired assertions not purged",
+                extra={"event": "assertions.purge_failed", "reason": repr(err)},
+            )
 
 
 async def readiness(services: Services) -> dict[str, Any]:
@@ -511,7 +786,7 @@ def create_listener_apps(
         ),
     )
     discovery = DiscoveryRoutes(
-        services.metadata,
+        lambda: services.metadata,
         services.keyring.jwks,
         lambda: readiness(services),
         jwks_max_age=settings.keys.jwks_max_age_seconds,

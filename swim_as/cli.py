@@ -3,7 +3,8 @@
     swim-as dev                      everything on this machine, no configuration
     swim-as serve    --config FILE   the server
     swim-as migrate  --config FILE   create or upgrade the database schema
-    swim-as clients  add|list|show|grant|revoke|disable|enable|delete
+    swim-as clients  add|add-key-client|add-secret-client|list|show|grant|
+                     revoke|disable|enable|delete
     swim-as keys     list|rotate
     swim-as audit    [--client ID] [--event NAME] [--json]
 
@@ -234,6 +235,17 @@ def cmd_clients(args: argparse.Namespace) -> int:
                     print(f"{verb}: {reg.client.client_id}")
                     if not args.quiet:
                         _print(_client_json(reg.client))
+            elif args.action in ("add-key-client", "add-secret-client"):
+                reg = await admin.add_other(
+                    _other_client_body(args), scopes=args.scope or ()
+                )
+                print(f"added: {reg.client.client_id}")
+                _print(_client_json(reg.client))
+                if reg.client_secret is not None:
+                    print(
+                        "client_secret (shown once, stored only as a hash):\n"
+                        f"{reg.client_secret}"
+                    )
             elif args.action == "list":
                 for client in await services.clients.list(prefix=args.prefix):
                     state = "disabled" if client.disabled else "enabled"
@@ -266,6 +278,23 @@ def cmd_clients(args: argparse.Namespace) -> int:
         return 0
 
     return _run(settings, work)
+
+
+def _other_client_body(args: argparse.Namespace) -> dict[str, Any]:
+    """RFC 7591 metadata for ``clients add-key-client|add-secret-client``."""
+    body: dict[str, Any] = {"token_endpoint_auth_method": args.method}
+    if args.name:
+        body["client_name"] = args.name
+    if getattr(args, "jwks", None):
+        try:
+            body["jwks"] = json.loads(Path(args.jwks).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise CliError(f"cannot read {args.jwks}: {err.strerror}") from err
+        except ValueError as err:
+            raise CliError(f"{args.jwks} is not JSON: {err}") from err
+    if getattr(args, "jwks_uri", None):
+        body["jwks_uri"] = args.jwks_uri
+    return body
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -421,6 +450,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--scope", action="append", help="grant a scope (repeatable)")
     add.add_argument("--name", help="client_name")
+    key_client = with_config(
+        actions.add_parser(
+            "add-key-client",
+            help="register a client that signs with its own key or presents a "
+            "self-signed certificate (opaque client_id)",
+        )
+    )
+    key_client.add_argument(
+        "--method",
+        required=True,
+        choices=["private_key_jwt", "self_signed_tls_client_auth"],
+    )
+    keys_from = key_client.add_mutually_exclusive_group(required=True)
+    keys_from.add_argument("--jwks", metavar="FILE", help="JWK Set file (public keys)")
+    keys_from.add_argument("--jwks-uri", metavar="URL", help="https URL of a JWK Set")
+    key_client.add_argument("--scope", action="append", help="grant a scope")
+    key_client.add_argument("--name", help="client_name")
+    secret_client = with_config(
+        actions.add_parser(
+            "add-secret-client",
+            help="register a client secret client (only to migrate away from "
+            "secrets; the method must be listed in client_auth.methods)",
+        )
+    )
+    secret_client.add_argument(
+        "--method",
+        required=True,
+        choices=["client_secret_basic", "client_secret_post"],
+    )
+    secret_client.add_argument("--scope", action="append", help="grant a scope")
+    secret_client.add_argument("--name", help="client_name")
     listing = with_config(actions.add_parser("list", help="list clients"))
     listing.add_argument("--prefix", help="only client_ids starting with this")
     for name, text in (

@@ -561,6 +561,113 @@ class RegistrationSettings(_Section):
     )
 
 
+# Token endpoint authentication methods (D2). The two client secret methods
+# exist only to migrate clients away from secrets and are off unless listed.
+AuthMethod = Literal[
+    "tls_client_auth",
+    "spiffe_x509",
+    "spiffe_jwt",
+    "self_signed_tls_client_auth",
+    "private_key_jwt",
+    "client_secret_basic",
+    "client_secret_post",
+]
+DEFAULT_AUTH_METHODS: tuple[AuthMethod, ...] = (
+    "tls_client_auth",
+    "spiffe_x509",
+    "spiffe_jwt",
+    "self_signed_tls_client_auth",
+    "private_key_jwt",
+)
+
+
+class ClientAuthSettings(_Section):
+    """How clients authenticate at the token endpoint (issue 3, D2, D13)."""
+
+    methods: list[AuthMethod] = Field(
+        default_factory=lambda: list(DEFAULT_AUTH_METHODS),
+        min_length=1,
+        description=(
+            "Token endpoint auth methods served, in discovery order. "
+            "client_secret_basic and client_secret_post exist only to migrate "
+            "clients away from secrets: off unless listed here, and every use "
+            "is logged as a warning. spiffe_jwt is advertised only while a "
+            "trust domain has JWT-SVID keys."
+        ),
+    )
+    assertion_max_lifetime_seconds: int = Field(
+        600,
+        ge=1,
+        le=3600,
+        description=(
+            "A client assertion (JWT-SVID or private_key_jwt) whose exp is "
+            "further ahead than this is refused (D13)."
+        ),
+    )
+    assertion_leeway_seconds: int = Field(
+        30,
+        ge=0,
+        le=300,
+        description="Clock skew tolerated on an assertion's exp and nbf.",
+    )
+    key_refresh_interval_seconds: float = Field(
+        30.0,
+        ge=1.0,
+        description=(
+            "An unknown kid reloads a trust domain's JWT bundle (or refetches "
+            "a client's jwks_uri) at most once per this interval."
+        ),
+    )
+    jwks_uri_cache_seconds: int = Field(
+        300, ge=1, description="How long a fetched client jwks_uri document is used."
+    )
+    jwks_uri_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Time limit of one jwks_uri fetch (connect, TLS, body).",
+    )
+    jwks_uri_max_bytes: int = Field(
+        65536, ge=1024, description="Largest jwks_uri response body accepted."
+    )
+    jwks_uri_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "CIDR blocks a jwks_uri may resolve to although they are not "
+            "public (loopback, private, link-local). Cloud metadata, "
+            "unspecified and multicast addresses stay refused."
+        ),
+    )
+    jwks_uri_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM CA certificates for verifying jwks_uri servers; default: the "
+            "system trust store."
+        ),
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _no_duplicates(cls, value: list[AuthMethod]) -> list[AuthMethod]:
+        if len(set(value)) != len(value):
+            raise ValueError("client_auth.methods lists a method twice")
+        return value
+
+    @field_validator("jwks_uri_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=True)
+            except ValueError as err:
+                raise ValueError(f"not a CIDR block: {network!r} ({err})") from err
+        return value
+
+    @property
+    def client_secrets_enabled(self) -> bool:
+        return bool({"client_secret_basic", "client_secret_post"} & set(self.methods))
+
+
 class LoggingSettings(_Section):
     """Operator logs (the `swim_as.*` loggers)."""
 
@@ -595,6 +702,7 @@ class Settings(BaseSettings):
     tokens: TokenSettings
     mesh: MeshSettings | None = None
     registration: RegistrationSettings = RegistrationSettings()
+    client_auth: ClientAuthSettings = ClientAuthSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("issuer")
@@ -802,6 +910,7 @@ def load_settings(path: Path | None) -> Settings:
 _PATH_KEYS = {
     "tls": ("cert_file", "key_file"),
     "keys": ("encryption_key_file",),
+    "client_auth": ("jwks_uri_ca_file",),
 }
 _TRUST_PATH_KEYS = ("bundle_file", "jwt_bundle_file", "bundle_endpoint_ca_file")
 

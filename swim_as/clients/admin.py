@@ -8,9 +8,10 @@ registration (D13).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from swim_as.clients.metadata import validate_metadata
+from swim_as.clients.metadata import KEY_METHODS, SECRET_METHODS, validate_metadata
 from swim_as.clients.model import Client
 from swim_as.clients.registration import Registration, RegistrationService
 from swim_as.clock import Clock
@@ -80,6 +81,32 @@ class ClientAdmin:
             client = await self.grant(spiffe_id, scopes)
             return Registration(client, False, registration.registration_access_token)
         return registration
+
+    async def add_other(
+        self,
+        body: Mapping[str, Any],
+        *,
+        scopes: Sequence[str] = (),
+    ) -> Registration:
+        """Register a key-based or secret client with an opaque client_id (D1).
+
+        ``body`` is RFC 7591 metadata (``token_endpoint_auth_method`` and
+        ``jwks`` or ``jwks_uri``, ``client_name`` …). A secret client's
+        secret is in the returned registration, once.
+
+        Raises:
+            InvalidClientMetadata: the metadata breaks a rule, or names a
+                SPIFFE method (use :meth:`add`).
+        """
+        method = body.get("token_endpoint_auth_method")
+        if method not in KEY_METHODS | SECRET_METHODS:
+            raise InvalidClientMetadata(
+                "token_endpoint_auth_method must be a key or secret method here",
+                detail=f"add_other with method {method!r}",
+            )
+        return await self._registration.register_other(
+            body, actor=self._actor, granted_scopes=tuple(scopes), event="client.added"
+        )
 
     async def grant(self, client_id: str, scopes: Sequence[str]) -> Client:
         """Add scopes to what the client was granted."""

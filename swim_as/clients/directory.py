@@ -10,12 +10,15 @@ client that does not exist does not become a stream of queries.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
 from swim_as.clients.model import Client
 from swim_as.clock import Clock
+from swim_as.spiffe.errors import SpiffeIdError
+from swim_as.spiffe.ids import SpiffeId, SpiffeIdPattern
 
 # How long an entry is trusted without a notification. With a working
 # change feed this only matters if a notification is lost.
@@ -76,3 +79,81 @@ class ClientDirectory:
             self.invalidate(key)
         elif topic == "*":
             self.invalidate(None)
+
+
+class WildcardReader(Protocol):
+    async def wildcard_clients(self) -> list[Client]: ...
+
+
+class WildcardDirectory:
+    """Clients whose ``spiffe_id`` ends in ``/*``, cached as one list.
+
+    A JWT-SVID whose ``sub`` has no exact client is matched against this
+    list (OAuth SPIFFE client-auth draft §5.1) without a query per request:
+    the list is loaded once and dropped on any client change (a change may
+    add or remove a pattern), with the same time-to-live fallback as
+    :class:`ClientDirectory`.
+    """
+
+    def __init__(
+        self,
+        reader: WildcardReader,
+        clock: Clock,
+        *,
+        watched: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._reader = reader
+        self._clock = clock
+        self._watched = watched
+        self._entries: list[tuple[SpiffeIdPattern, Client]] | None = None
+        self._expires = 0.0
+        self._generation = 0
+        self._lock = asyncio.Lock()
+
+    async def best_match(self, spiffe_id: SpiffeId) -> Client | None:
+        """The client with the longest pattern matching ``spiffe_id``."""
+        entries = await self._current()
+        for pattern, client in entries:
+            if pattern.matches(spiffe_id):
+                return client
+        return None
+
+    async def _current(self) -> list[tuple[SpiffeIdPattern, Client]]:
+        entries = self._entries
+        if entries is not None and self._clock.time() < self._expires:
+            return entries
+        async with self._lock:
+            entries = self._entries
+            if entries is not None and self._clock.time() < self._expires:
+                return entries
+            generation = self._generation
+            loaded = _by_specificity(await self._reader.wildcard_clients())
+            if generation == self._generation:
+                ttl = POSITIVE_TTL if self._watched() else UNWATCHED_TTL
+                self._entries, self._expires = loaded, self._clock.time() + ttl
+            return loaded
+
+    def invalidate(self) -> None:
+        self._generation += 1
+        self._entries = None
+
+    def on_change(self, topic: str, key: str) -> None:
+        """Change-feed subscriber: any client change drops the list."""
+        if topic in ("client", "*"):
+            self.invalidate()
+
+
+def _by_specificity(clients: list[Client]) -> list[tuple[SpiffeIdPattern, Client]]:
+    """Parsed patterns, most specific (longest prefix path) first."""
+    entries = []
+    for client in clients:
+        if client.spiffe_id is None:
+            continue
+        try:
+            pattern = SpiffeIdPattern.parse(client.spiffe_id)
+        except SpiffeIdError:
+            continue  # not valid any more; registration refuses such values
+        if pattern.is_wildcard:
+            entries.append((pattern, client))
+    entries.sort(key=lambda entry: len(entry[0].spiffe_id.path), reverse=True)
+    return entries

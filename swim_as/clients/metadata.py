@@ -4,6 +4,24 @@
 metadata swim-as stores and echoes back, or raises
 :class:`~swim_as.errors.InvalidClientMetadata`. Unknown members are ignored
 (RFC 7591 §2); members of flows swim-as does not serve are refused (D13).
+
+Per method:
+
+- SPIFFE methods carry an identity: ``tls_client_auth_san_uri`` (exactly
+  that one subject field, RFC 8705 §2.1.2) or ``spiffe_id`` (an exact ID or,
+  for ``spiffe_x509`` and ``spiffe_jwt``, a ``/*`` pattern), and no keys;
+- key methods (``private_key_jwt``, ``self_signed_tls_client_auth``) carry
+  ``jwks`` or ``jwks_uri``, never both and never neither, and no SPIFFE
+  identity; a ``jwks`` holds public keys only, and every key of a
+  self-signed client carries its certificate in ``x5c``
+  (:func:`~swim_as.clientauth.jwk.parse_client_jwks`); a ``jwks_uri`` is
+  https and names no forbidden address (the caller's ``check_jwks_uri``);
+- secret methods carry neither; the secret is made by the server.
+
+``tls_client_certificate_bound_access_tokens`` (RFC 8705 §3.4) defaults to
+true for the certificate methods and to false for ``spiffe_jwt`` and
+``private_key_jwt``, whose clients may have no certificate to bind to; it
+cannot be true for methods that never see a certificate of the client.
 """
 
 from __future__ import annotations
@@ -13,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from swim_as.clientauth.jwk import JwkError, parse_client_jwks
 from swim_as.clients.model import (
     CLIENT_CREDENTIALS,
     CLIENT_SECRET_BASIC,
@@ -30,6 +49,11 @@ from swim_as.spiffe.ids import SpiffeIdPattern
 SPIFFE_METHODS = frozenset({TLS_CLIENT_AUTH, SPIFFE_X509, SPIFFE_JWT})
 KEY_METHODS = frozenset({SELF_SIGNED_TLS_CLIENT_AUTH, PRIVATE_KEY_JWT})
 SECRET_METHODS = frozenset({CLIENT_SECRET_BASIC, CLIENT_SECRET_POST})
+CERTIFICATE_METHODS = frozenset(
+    {TLS_CLIENT_AUTH, SPIFFE_X509, SELF_SIGNED_TLS_CLIENT_AUTH}
+)
+# Methods whose requests never prove a certificate of the client.
+UNBINDABLE_METHODS = frozenset({PRIVATE_KEY_JWT, *SECRET_METHODS})
 
 # RFC 8705 §2.1.2: the subject fields of tls_client_auth; swim-as matches
 # SPIFFE IDs, so only the URI SAN is served.
@@ -72,7 +96,6 @@ def validate_metadata(
     *,
     enabled_methods: frozenset[str],
     caller_spiffe_id: str | None,
-    check_jwks: Callable[[Any], None] | None = None,
     check_jwks_uri: Callable[[str], None] | None = None,
 ) -> ValidatedMetadata:
     """Check a registration request (RFC 7591 §2) and fill in defaults.
@@ -82,7 +105,8 @@ def validate_metadata(
         enabled_methods: token endpoint auth methods this server serves.
         caller_spiffe_id: the SPIFFE ID of the caller's verified SVID, used
             as the default identity (D13).
-        check_jwks / check_jwks_uri: key-set rules of the key-based methods.
+        check_jwks_uri: refuses a ``jwks_uri`` naming a forbidden address
+            (raises InvalidClientMetadata).
 
     Raises:
         InvalidClientMetadata: a member is malformed, contradictory or
@@ -110,14 +134,8 @@ def validate_metadata(
     out["token_endpoint_auth_method"] = method
 
     spiffe_id = _identity(body, method, caller_spiffe_id, out)
-    _key_material(body, method, out, check_jwks, check_jwks_uri)
-
-    bound = body.get("tls_client_certificate_bound_access_tokens", True)
-    if not isinstance(bound, bool):
-        raise InvalidClientMetadata(
-            "tls_client_certificate_bound_access_tokens must be a boolean"
-        )
-    out["tls_client_certificate_bound_access_tokens"] = bound
+    _key_material(body, method, out, check_jwks_uri)
+    out["tls_client_certificate_bound_access_tokens"] = _bound(body, method)
 
     scope = body.get("scope")
     if scope is not None:
@@ -230,7 +248,6 @@ def _key_material(
     body: Mapping[str, Any],
     method: str,
     out: dict[str, Any],
-    check_jwks: Callable[[Any], None] | None,
     check_jwks_uri: Callable[[str], None] | None,
 ) -> None:
     jwks, jwks_uri = body.get("jwks"), body.get("jwks_uri")
@@ -243,18 +260,35 @@ def _key_material(
     if jwks is None and jwks_uri is None:
         raise InvalidClientMetadata(f"{method} needs jwks or jwks_uri")
     if jwks is not None:
-        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-            raise InvalidClientMetadata("jwks must be a JWK Set object")
-        if check_jwks is not None:
-            check_jwks(jwks)
+        try:
+            parse_client_jwks(jwks, require_x5c=method == SELF_SIGNED_TLS_CLIENT_AUTH)
+        except JwkError as err:
+            raise InvalidClientMetadata(str(err), detail=f"{method}: {err}") from err
         out["jwks"] = jwks
     else:
-        if not isinstance(jwks_uri, str):
+        if not isinstance(jwks_uri, str) or len(jwks_uri) > 2048:
             raise InvalidClientMetadata("jwks_uri must be a string")
         _require_https_uri("jwks_uri", jwks_uri)
         if check_jwks_uri is not None:
             check_jwks_uri(jwks_uri)
         out["jwks_uri"] = jwks_uri
+
+
+def _bound(body: Mapping[str, Any], method: str) -> bool:
+    """RFC 8705 §3.4, with swim-as's per-method default (see above)."""
+    bound = body.get("tls_client_certificate_bound_access_tokens")
+    if bound is None:
+        return method in CERTIFICATE_METHODS
+    if not isinstance(bound, bool):
+        raise InvalidClientMetadata(
+            "tls_client_certificate_bound_access_tokens must be a boolean"
+        )
+    if bound and method in UNBINDABLE_METHODS:
+        raise InvalidClientMetadata(
+            f"{method} clients present no certificate; "
+            "tls_client_certificate_bound_access_tokens must be false",
+        )
+    return bound
 
 
 def _optional_string(body: Mapping[str, Any], member: str) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,8 @@ class Client:
     created_at: datetime
     updated_at: datetime
     created_by: str
+    # scrypt hash of the client secret (client_secret_* methods only).
+    secret_hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def grant_types(self) -> tuple[str, ...]:
@@ -39,7 +41,11 @@ class Client:
 
     @property
     def requires_bound_tokens(self) -> bool:
-        """RFC 8705 §3.4 client metadata; swim-as defaults it to true."""
+        """RFC 8705 §3.4 client metadata, as registered.
+
+        Registration always stores it (true by default for the certificate
+        methods); a row without it is treated as requiring binding.
+        """
         return bool(
             self.metadata.get("tls_client_certificate_bound_access_tokens", True)
         )

@@ -12,20 +12,37 @@ same SVID returns the same client, unchanged and without a token: the token
 issued first stays valid, and the holder of the SVID can always manage its
 registration with the SVID itself (RFC 7592 over mTLS), so a lost token
 needs no recovery path.
+
+Clients without a SPIFFE identity (``private_key_jwt``,
+``self_signed_tls_client_auth``, and the client secret methods) cannot
+prove who they are at registration, so they are never self-registered:
+:meth:`RegistrationService.register_other` creates them, with an opaque
+``client_id`` (D1), for an authorised actor (the operator's CLI today).
+Over HTTP such a registration is refused until registration by initial
+access token exists. A client secret is generated here, returned once, and
+stored only as a slow hash.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from swim_as.clients.metadata import ValidatedMetadata, validate_metadata
+from swim_as.clientauth.client_secret import hash_secret, new_secret
+from swim_as.clients.metadata import (
+    KEY_METHODS,
+    SECRET_METHODS,
+    SPIFFE_METHODS,
+    ValidatedMetadata,
+    validate_metadata,
+)
 from swim_as.clients.model import Client
 from swim_as.clock import Clock
 from swim_as.errors import (
@@ -58,13 +75,24 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# A jwks_uri check: the URL rules at once (raises InvalidClientMetadata),
+# and the full check with DNS (awaited).
+UriCheck = Callable[[str], None]
+DestinationCheck = Callable[[str], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """A client as registered, with its management handles."""
+    """A client as registered, with its management handles.
+
+    ``client_secret`` is set only in the response that created a secret
+    client: it is never stored and never shown again.
+    """
 
     client: Client
     created: bool
     registration_access_token: str | None
+    client_secret: str | None = None
 
 
 class RegistrationService:
@@ -79,6 +107,8 @@ class RegistrationService:
         issuer: str,
         enabled_methods: frozenset[str],
         self_registration: bool,
+        check_jwks_uri: UriCheck | None = None,
+        check_destination: DestinationCheck | None = None,
     ) -> None:
         self._db = db
         self._repository = repository
@@ -86,6 +116,8 @@ class RegistrationService:
         self._issuer = issuer
         self._enabled_methods = enabled_methods
         self._self_registration = self_registration
+        self._check_jwks_uri = check_jwks_uri
+        self._check_destination = check_destination
 
     def client_uri(self, client_id: str) -> str:
         """RFC 7592 §2: the client configuration endpoint of a client."""
@@ -98,7 +130,43 @@ class RegistrationService:
             body,
             enabled_methods=self._enabled_methods,
             caller_spiffe_id=caller_spiffe_id,
+            check_jwks_uri=self._check_jwks_uri,
         )
+
+    async def check_destinations(self, validated: ValidatedMetadata) -> None:
+        """The DNS half of the jwks_uri check (D13), before anything is stored.
+
+        Raises:
+            InvalidClientMetadata: the jwks_uri resolves to a refused address.
+        """
+        uri = validated.metadata.get("jwks_uri")
+        if uri is not None and self._check_destination is not None:
+            await self._check_destination(uri)
+
+    def refuse_unauthorised(self, body: Mapping[str, Any]) -> None:
+        """Refuse, over HTTP, registrations that need a registration authority.
+
+        A key-based or secret client has no SVID to prove who it is, so
+        nothing ties the registration to its caller. Such clients are
+        created by :meth:`register_other` on behalf of an operator; an
+        initial access token (RFC 7591 §3) will open this to platform
+        controllers.
+
+        A method that is not enabled is left to :meth:`validate`, which
+        calls it unsupported.
+
+        Raises:
+            AccessDenied: the requested method is an enabled key or secret
+                method.
+        """
+        method = body.get("token_endpoint_auth_method")
+        needs_authority = (KEY_METHODS | SECRET_METHODS) & self._enabled_methods
+        if isinstance(method, str) and method in needs_authority:
+            raise AccessDenied(
+                f"{method} clients are registered by an operator "
+                "(swim-as clients add-key-client), not by self-registration",
+                detail=f"self-registration asked for {method}",
+            )
 
     async def register_self(
         self, body: Mapping[str, Any], caller_spiffe_id: str
@@ -110,6 +178,7 @@ class RegistrationService:
             AccessDenied: the SPIFFE ID is not the caller's own, or
                 self-registration is off.
         """
+        self.refuse_unauthorised(body)
         validated = self.validate(body, caller_spiffe_id)
         if not self._self_registration:
             raise AccessDenied(
@@ -128,6 +197,55 @@ class RegistrationService:
             client_id=caller_spiffe_id, validated=validated, actor=caller_spiffe_id
         )
 
+    async def register_other(
+        self,
+        body: Mapping[str, Any],
+        *,
+        actor: str,
+        granted_scopes: tuple[str, ...] = (),
+        event: str = "client.registered",
+    ) -> Registration:
+        """Register a client for an authorised ``actor`` (RFC 7591 §3.1).
+
+        The caller has decided that ``actor`` may register this client (an
+        operator, later an initial access token). SPIFFE clients get their
+        SPIFFE ID as ``client_id`` and are idempotent as in
+        :meth:`register_self`; key-based and secret clients get a new opaque
+        ``client_id`` each time (D1), and secret clients a new secret.
+
+        Raises:
+            InvalidClientMetadata: the metadata breaks a rule.
+        """
+        validated = self.validate(body, None)
+        await self.check_destinations(validated)
+        if validated.auth_method in SPIFFE_METHODS:
+            assert validated.spiffe_id is not None
+            return await self.create_or_get(
+                client_id=validated.spiffe_id,
+                validated=validated,
+                actor=actor,
+                granted_scopes=granted_scopes,
+                event=event,
+            )
+        secret = secret_hash = None
+        if validated.auth_method in SECRET_METHODS:
+            secret = new_secret()
+            secret_hash = await asyncio.to_thread(hash_secret, secret)
+        registration = await self.create_or_get(
+            client_id=secrets.token_urlsafe(16),
+            validated=validated,
+            actor=actor,
+            granted_scopes=granted_scopes,
+            event=event,
+            secret_hash=secret_hash,
+        )
+        # 128 random bits: a collision with an existing client is not a
+        # case to handle, but it must never hand out someone else's client.
+        assert registration.created
+        return Registration(
+            registration.client, True, registration.registration_access_token, secret
+        )
+
     async def create_or_get(
         self,
         *,
@@ -136,6 +254,7 @@ class RegistrationService:
         actor: str,
         granted_scopes: tuple[str, ...] = (),
         event: str = "client.registered",
+        secret_hash: str | None = None,
     ) -> Registration:
         """Insert the client unless it exists; either way, return it.
 
@@ -157,6 +276,7 @@ class RegistrationService:
                     "updated_at": now,
                     "created_by": actor,
                     "registration_token_hash": hash_token(token),
+                    "client_secret_hash": secret_hash,
                 },
             )
             if created:
@@ -207,6 +327,10 @@ class RegistrationService:
         }
         if registration.registration_access_token is not None:
             body["registration_access_token"] = registration.registration_access_token
+        if registration.client_secret is not None:
+            # RFC 7591 §3.2.1: 0 means the secret does not expire.
+            body["client_secret"] = registration.client_secret
+            body["client_secret_expires_at"] = 0
         return body
 
 
@@ -295,6 +419,14 @@ class ManagementService:
                 "the client's identity cannot change",
                 detail=f"{client.spiffe_id!r} -> {validated.spiffe_id!r}",
             )
+        if (validated.auth_method in SECRET_METHODS) != (
+            client.auth_method in SECRET_METHODS
+        ):
+            raise InvalidClientMetadata(
+                "token_endpoint_auth_method cannot change to or from a secret",
+                detail=f"{client.auth_method} -> {validated.auth_method}",
+            )
+        await self._reg.check_destinations(validated)
         now = self._clock.now()
         async with self._db.transaction() as tx:
             updated = await self._repository.update_fields(

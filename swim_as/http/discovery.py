@@ -1,13 +1,15 @@
 """Discovery (RFC 8414 §2, §3), the JWKS, and health (D10).
 
-The metadata document is built once, at start-up, from the configured issuer;
-the request's Host never enters it. Empty lists are left out, and a method
-or feature is listed only when it can succeed.
+The metadata document is built from the configured issuer, never from the
+request's Host. Empty lists are left out, and a method or feature is listed
+only when it can succeed. The document is built when the bundles have been
+loaded and again whenever they change (``spiffe_jwt`` depends on JWT-SVID
+keys being present); the route serves the current one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -52,20 +54,24 @@ class DiscoveryRoutes:
 
     def __init__(
         self,
-        metadata: dict[str, Any],
+        metadata: Callable[[], Mapping[str, Any]],
         jwks: Callable[[], bytes],
         readiness: Callable[[], Any],
         *,
         jwks_max_age: int,
     ) -> None:
-        self._metadata = json_bytes(metadata)
+        self._document = metadata
+        self._rendered: tuple[Mapping[str, Any], bytes] | None = None
         self._jwks = jwks
         self._readiness = readiness
         self._jwks_cache_control = f"public, max-age={jwks_max_age}"
 
     async def metadata(self, request: Request) -> Response:
+        document = self._document()
+        if self._rendered is None or self._rendered[0] is not document:
+            self._rendered = (document, json_bytes(document))
         return Response(
-            self._metadata,
+            self._rendered[1],
             media_type="application/json",
             headers={"Cache-Control": "public, max-age=300"},
         )

@@ -52,9 +52,13 @@ class RegistrationRoutes:
 
     async def register(self, request: Request) -> Response:
         """RFC 7591 §3.1: register the caller's own SPIFFE ID."""
+        # The body is size-bounded and parsed strictly, so reading it before
+        # the caller is known is safe, and lets a key-based registration
+        # learn that only an operator adds such clients.
+        body = await self._json_object(request)
+        self._registration.refuse_unauthorised(body)
         caller = self._caller_spiffe_id(request, required=True)
         assert caller is not None
-        body = await self._json_object(request)
         registration = await self._registration.register_self(body, caller)
         return JSONResponse(
             self._registration.response(registration),

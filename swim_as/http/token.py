@@ -144,13 +144,14 @@ class TokenEndpoint:
             certificate=certificate,
             client_assertion_type=_single(form, "client_assertion_type"),
             client_assertion=_single(form, "client_assertion"),
+            client_secret=_single(form, "client_secret"),
+            authorization=_authorization(scope),
         )
         if self._forwarded_identity is not None and certificate is None:
-            # Mesh mode with a validating proxy (D5). Not yet inside
-            # ClientAuthenticator, whose method dispatch is being reworked on
-            # another branch; this call moves there (the X.509 branch, in
-            # place of "client certificate required") when that lands, and
-            # this block goes.
+            # Mesh mode with a validating proxy (D5): the proxy's word stands
+            # in for a certificate, so there is nothing for the X.509-SVID
+            # method to verify; forwarded_identity runs the same client and
+            # registration checks on the forwarded SPIFFE ID instead.
             identity = scope.get(FORWARDED_IDENTITY)
             if (
                 identity is not None
@@ -241,6 +242,17 @@ class TokenEndpoint:
 def _single(form: dict[str, list[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0] if values else None
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The ``Authorization`` header (RFC 6749 §2.3.1), if sent once."""
+    found = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if found is not None:
+                raise InvalidRequest("authorization header is repeated")
+            found = value.decode("latin-1")
+    return found
 
 
 def _resource(value: str) -> str:

@@ -26,6 +26,7 @@ def to_client(row: ClientRow) -> Client:
         created_at=row.created_at,
         updated_at=row.updated_at,
         created_by=row.created_by,
+        secret_hash=row.client_secret_hash,
     )
 
 
@@ -53,6 +54,14 @@ class SqlClientRepository:
         async with self._db.reading() as session:
             rows = await session.scalars(
                 select(ClientRow).where(ClientRow.spiffe_id.like("%/*"))
+            )
+            return [to_client(r) for r in rows.all()]
+
+    async def with_method(self, method: str) -> list[Client]:
+        """Every client registered for ``method``."""
+        async with self._db.reading() as session:
+            rows = await session.scalars(
+                select(ClientRow).where(ClientRow.auth_method == method)
             )
             return [to_client(r) for r in rows.all()]
 

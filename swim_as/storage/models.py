@@ -1,4 +1,4 @@
-"""SQLAlchemy models: clients, signing keys and audit events (D11).
+"""SQLAlchemy models: clients, signing keys, used assertions, audit (D11).
 
 One schema for PostgreSQL (asyncpg) and SQLite (aiosqlite). Identifiers such as
 SPIFFE IDs are stored byte-exact in ``Text`` columns: both databases compare
@@ -90,6 +90,9 @@ class ClientRow(Base):
     registration_token_hash: Mapped[str | None] = mapped_column(
         String(64), nullable=True
     )
+    # scrypt hash of a client secret (client_secret_* methods only); never
+    # the secret itself.
+    client_secret_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_clients_spiffe_id", "spiffe_id"),)
 
@@ -112,6 +115,23 @@ class SigningKeyRow(Base):
     retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # A retiring key stays in the JWKS until every token it signed expired.
     publish_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class UsedAssertionRow(Base):
+    """A ``private_key_jwt`` assertion already accepted (RFC 7523 §3 item 7).
+
+    The primary key makes a second use fail on every replica at once; rows
+    are purged once the assertion has expired.
+    """
+
+    __tablename__ = "used_assertions"
+
+    # SHA-256 hex of client_id, a NUL byte and the jti.
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_used_assertions_expires_at", "expires_at"),)
 
 
 class AuditRow(Base):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,21 @@ class TrustSources:
         ]
         work.append(("swim-as-bundles", self.follow(stop)))
         return work
+
+    def reloaders(self) -> dict[TrustDomain, Callable[[], Awaitable[bool]]]:
+        """Per trust domain, a way to re-read its bundle now (for an unknown
+        JWT-SVID ``kid``); True when a new bundle went in. The Workload API
+        pushes changes itself and needs none."""
+        reloaders: dict[TrustDomain, Callable[[], Awaitable[bool]]] = {}
+        for file_source in self.files:
+
+            async def poll(source: FileBundleSource = file_source) -> bool:
+                return source.poll()
+
+            reloaders[file_source.trust_domain] = poll
+        for endpoint in self.endpoints:
+            reloaders[endpoint.trust_domain] = endpoint.refresh
+        return reloaders
 
     async def first_refresh(self) -> None:
         """Fetch every endpoint once; give the Workload API time to answer."""

@@ -183,7 +183,11 @@ class TrustStore:
         return None if state is None else state.x509
 
     def has_jwt_keys(self) -> bool:
-        return any(s.jwt is not None and s.jwt.keys for s in self._domains.values())
+        """Whether some trusted (not expired) trust domain has JWT-SVID keys."""
+        return any(
+            s.jwt is not None and s.jwt.keys and not s.expired
+            for s in self._domains.values()
+        )
 
     def x509_authorities(self) -> list[x509.Certificate]:
         """Every X.509 authority of every trust domain: the handshake store.

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from tests.support.harness import Running
+import asyncio
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support.clients import operator
+from tests.support.harness import Running, running_server
+from tests.support.harness import TestPki as Pki
+from tests.support.jose import jwt_bundle
+from tests.support.postgres import create_database
 
 
 async def test_metadata(server: Running) -> None:
@@ -16,7 +25,26 @@ async def test_metadata(server: Running) -> None:
         "registration_endpoint": f"{server.issuer}/register",
         "jwks_uri": f"{server.issuer}/jwks",
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["tls_client_auth", "spiffe_x509"],
+        # No trust domain has JWT-SVID keys here, so spiffe_jwt cannot
+        # succeed and is not listed (D13); secrets are off by default.
+        "token_endpoint_auth_methods_supported": [
+            "tls_client_auth",
+            "spiffe_x509",
+            "self_signed_tls_client_auth",
+            "private_key_jwt",
+        ],
+        "token_endpoint_auth_signing_alg_values_supported": [
+            "ES256",
+            "ES384",
+            "ES512",
+            "PS256",
+            "PS384",
+            "PS512",
+            "RS256",
+            "RS384",
+            "RS512",
+            "EdDSA",
+        ],
         "tls_client_certificate_bound_access_tokens": True,
     }
 
@@ -75,3 +103,61 @@ async def test_unknown_path_is_json(server: Running) -> None:
         r = await c.get(f"{server.issuer}/nope")
     assert r.status_code == 404
     assert r.json()["error"] == "not_found"
+
+
+async def test_spiffe_jwt_advertised_once_keys_arrive(
+    postgres_server: str, pki: Pki, tmp_path: Path
+) -> None:
+    """D13: spiffe_jwt is listed only while a trust domain has JWT keys."""
+    jwt_file = tmp_path / "example.jwt.json"
+    jwt_file.write_text('{"keys": []}')
+    x509_file = tmp_path / "example.pem"
+    x509_file.write_bytes(pki.example.bundle_path.read_bytes())
+    domains = [
+        {"name": "example.org", "bundle_file": x509_file, "jwt_bundle_file": jwt_file}
+    ]
+    url = await create_database(postgres_server)
+    async with running_server(pki, url, tmp_path / "s", trust_domains=domains) as s:
+
+        async def methods() -> list[str]:
+            async with s.client() as c:
+                r = await c.get(f"{s.issuer}/.well-known/oauth-authorization-server")
+            return r.json()["token_endpoint_auth_methods_supported"]  # type: ignore[no-any-return]
+
+        assert "spiffe_jwt" not in await methods()
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwt_file.write_text(jwt_bundle({"k1": key.public_key()}))
+        for _ in range(40):
+            if "spiffe_jwt" in await methods():
+                break
+            await asyncio.sleep(0.1)
+        assert "spiffe_jwt" in await methods()
+        # And gone again when the keys are.
+        jwt_file.write_text('{"keys": []}')
+        for _ in range(40):
+            if "spiffe_jwt" not in await methods():
+                break
+            await asyncio.sleep(0.1)
+        assert "spiffe_jwt" not in await methods()
+
+
+async def test_only_the_configured_methods(
+    postgres_server: str, pki: Pki, tmp_path: Path
+) -> None:
+    url = await create_database(postgres_server)
+    async with running_server(
+        pki, url, tmp_path, client_auth={"methods": ["spiffe_x509"]}
+    ) as s:
+        async with s.client() as c:
+            doc = (
+                await c.get(f"{s.issuer}/.well-known/oauth-authorization-server")
+            ).json()
+        assert doc["token_endpoint_auth_methods_supported"] == ["spiffe_x509"]
+        assert "token_endpoint_auth_signing_alg_values_supported" not in doc
+        # A tls_client_auth client is not served while its method is off.
+        sid = "spiffe://example.org/ns/d/sa/off"
+        svid = pki.example.issue("method-off", [sid])
+        await operator(s).add(sid, method="spiffe_x509")
+        assert (await s.token(svid, client_id=sid)).status_code == 200
+        r = await s.register(svid, {"token_endpoint_auth_method": "tls_client_auth"})
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_client_metadata")

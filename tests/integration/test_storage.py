@@ -133,3 +133,27 @@ async def test_private_key_is_sealed(db: Database) -> None:
     assert b"PRIVATE" not in row.sealed_private_key
     assert "d" not in row.public_jwk
     assert base64.b64encode(kek) not in row.sealed_private_key
+
+
+async def test_used_assertions_once_across_racers(db: Database) -> None:
+    """RFC 7523 §3: a jti is taken once, also by concurrent requests."""
+    from swim_as.storage.assertions import SqlAssertionLog
+
+    log = SqlAssertionLog(db)
+    now = datetime.now(UTC)
+    later = now + timedelta(seconds=60)
+    results = await asyncio.gather(
+        *(log.first_use("client-a", "jti-1", later, now) for _ in range(8))
+    )
+    assert sorted(results) == [False] * 7 + [True]
+    # The same jti of another client is another assertion.
+    assert await log.first_use("client-b", "jti-1", later, now)
+    # Once expired (not yet purged), the row is taken over.
+    after = later + timedelta(seconds=1)
+    assert await log.first_use(
+        "client-a", "jti-1", after + timedelta(seconds=60), after
+    )
+    assert not await log.first_use(
+        "client-a", "jti-1", after + timedelta(seconds=60), after
+    )
+    assert await log.purge(after + timedelta(days=2)) == 2

@@ -469,7 +469,14 @@ def test_forwarded_chain_keeps_intermediates(certs: Certs) -> None:
             ),
             "'Chain'",
         ),
-        (lambda c: 'Cert="' + escaped_pem(c.worker.cert)[:-40] + '"', "PEM|outside"),
+        # The PEM without its END line (a fixed cut: a cut inside a %-escape
+        # would fail for another reason).
+        (
+            lambda c: 'Cert="'
+            + escaped_pem(c.worker.cert).split("-----END")[0]
+            + '"',
+            "PEM|outside",
+        ),
     ],
     ids=["uri", "hash", "chain-leaf", "truncated"],
 )

@@ -140,3 +140,55 @@ def test_bad_kek(tmp_path: Path, value: str, message: str) -> None:
 def test_refused_at_load(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(ValidationError, match=fragment):
         load_settings(write(tmp_path, text))
+
+
+def test_client_auth_defaults(tmp_path: Path) -> None:
+    auth = load_settings(write(tmp_path, MINIMAL)).client_auth
+    assert auth.methods == [
+        "tls_client_auth",
+        "spiffe_x509",
+        "spiffe_jwt",
+        "self_signed_tls_client_auth",
+        "private_key_jwt",
+    ]
+    assert not auth.client_secrets_enabled
+    assert auth.assertion_max_lifetime_seconds == 600
+    assert auth.assertion_leeway_seconds == 30
+    assert auth.key_refresh_interval_seconds == 30
+    assert auth.jwks_uri_allowed_networks == []
+
+
+def test_client_auth_file_and_paths(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(
+            tmp_path,
+            MINIMAL
+            + """
+[client_auth]
+methods = ["spiffe_x509", "client_secret_basic"]
+jwks_uri_allowed_networks = ["10.0.0.0/8", "fd00::/8"]
+jwks_uri_ca_file = "cas/internal.pem"
+""",
+        )
+    )
+    auth = settings.client_auth
+    assert auth.methods == ["spiffe_x509", "client_secret_basic"]
+    assert auth.client_secrets_enabled
+    assert auth.jwks_uri_ca_file == tmp_path / "cas/internal.pem"
+
+
+@pytest.mark.parametrize(
+    "section,fragment",
+    [
+        ('methods = ["tls_client_auth", "tls_client_auth"]', "twice"),
+        ('methods = ["none"]', "methods"),
+        ('jwks_uri_allowed_networks = ["10.0.0.1/8"]', "not a CIDR block"),
+        ('jwks_uri_allowed_networks = ["example.org"]', "not a CIDR block"),
+        ("assertion_max_lifetime_seconds = 0", "assertion_max_lifetime_seconds"),
+        ("key_refresh_interval_seconds = 0.1", "key_refresh_interval_seconds"),
+    ],
+    ids=["duplicate", "unknown-method", "host-bits", "name", "lifetime", "refresh"],
+)
+def test_client_auth_refused(tmp_path: Path, section: str, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        load_settings(write(tmp_path, MINIMAL + "[client_auth]\n" + section + "\n"))
