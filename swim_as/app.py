@@ -33,7 +33,6 @@ from swim_as.clients.registration import ManagementService, RegistrationService
 from swim_as.clock import Clock, SystemClock
 from swim_as.errors import OAuthError, ServerError, TemporarilyUnavailable
 from swim_as.grants.client_credentials import ClientCredentialsGrant
-from swim_as.grants.decision import OperatorGrants
 from swim_as.http.discovery import (
     JWKS_PATH,
     METADATA_PATH,
@@ -48,6 +47,7 @@ from swim_as.http.register import RegistrationRoutes
 from swim_as.http.responses import error_parts, log_refusal
 from swim_as.http.token import TokenEndpoint
 from swim_as.keys.keyring import Keyring, KeyRotator, RotationPolicy, follow_keys
+from swim_as.lifecycle import SEEN_TASK, Lifecycle, build_lifecycle, start_lifecycle
 from swim_as.observability.audit import AuditBuffer
 from swim_as.settings import Settings
 from swim_as.spiffe.ids import TrustDomain
@@ -90,6 +90,7 @@ class Services:
     audit: AuditBuffer
     parser: CertificateParser
     metadata: dict[str, Any]
+    lifecycle: Lifecycle
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -128,7 +129,6 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     repository = SqlClientRepository(db)
     directory = ClientDirectory(repository, clock, watched=lambda: db.listening)
     db.subscribe(directory.on_change)
-    authenticator = ClientAuthenticator(trust, directory.get)
     methods = enabled_methods(settings)
     registration = RegistrationService(
         db,
@@ -137,6 +137,12 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         issuer=settings.issuer,
         enabled_methods=frozenset(methods),
         self_registration=settings.registration.self_registration,
+    )
+    lifecycle = build_lifecycle(
+        settings, db=db, clock=clock, repository=repository, registration=registration
+    )
+    authenticator = ClientAuthenticator(
+        trust, directory.get, on_missing_client=lifecycle.jit
     )
     return Services(
         settings=settings,
@@ -154,6 +160,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         audit=AuditBuffer(db, clock),
         parser=CertificateParser(),
         metadata=build_metadata(settings.issuer, auth_methods=methods),
+        lifecycle=lifecycle,
     )
 
 
@@ -193,6 +200,7 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
         ),
         asyncio.create_task(services.audit.run(stop), name="swim-as-audit"),
     ]
+    services.tasks += await start_lifecycle(services.lifecycle, services.settings, stop)
     log.info(
         "swim-as ready",
         extra={
@@ -206,7 +214,8 @@ async def start(services: Services, tls: HandshakeTrust | None = None) -> None:
 async def stop(services: Services) -> None:
     services.stop.set()
     for task in services.tasks:
-        if task.get_name() == "swim-as-audit":
+        # These write what is still queued when they see the stop.
+        if task.get_name() in ("swim-as-audit", SEEN_TASK):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, timeout=5)
         task.cancel()
@@ -314,15 +323,16 @@ def create_app(
         openapi_url=None,
     )
     api.state.services = services
-    decider = OperatorGrants(
-        settings.tokens.default_audience, settings.tokens.lifetime_seconds
-    )
+    # The policy decider when a policy file is configured, else the
+    # operator's grants (D8).
+    decider = services.lifecycle.decider
     minter = TokenMinter(settings.issuer, services.keyring, services.clock)
     token = TokenEndpoint(
         services.authenticator,
         ClientCredentialsGrant(decider, minter),
         services.audit,
         max_body=settings.server.max_body_bytes,
+        on_issued=services.lifecycle.seen.record,
     )
     discovery = DiscoveryRoutes(
         services.metadata,
@@ -335,6 +345,7 @@ def create_app(
         services.management,
         services.authenticator,
         max_body=settings.server.max_body_bytes,
+        controlled=services.lifecycle.controlled,
     )
     api.add_route(METADATA_PATH, discovery.metadata, methods=["GET"])
     api.add_route(OPENID_PATH, discovery.metadata, methods=["GET"])
