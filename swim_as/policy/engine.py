@@ -191,8 +191,8 @@ class Explanation:
             )
         for loser in self.lost:
             out.append(
-                f"also       {loser.name!r} matches ({loser.describe()}) but is "
-                "less specific, so it is not used"
+                f"also       {loser.name!r} ({loser.describe()}) matches too, but "
+                "is less specific: not used"
             )
         out.append(self._client_line())
         scope_text = (
@@ -315,6 +315,10 @@ def explain(
     if client_looked_up and (client is None and not (rule and rule.jit)):
         result.refusal = _unknown_client(spiffe_id)
         return result
+    if not client_looked_up and not (rule and rule.jit):
+        result.notes.append(
+            "no rule allows jit: a token needs a client registered for this ID"
+        )
     if client is not None and client.disabled:
         result.refusal = _unknown_client(spiffe_id, disabled=True)
         return result

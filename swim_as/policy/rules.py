@@ -104,7 +104,7 @@ class Rule:
         if self.kind == "trust_domain":
             return f"trust domain {self.key[len(SCHEME) :]}"
         noun = "segment" if self.segments == 1 else "segments"
-        return f"prefix {self.match} ({self.segments} {noun})"
+        return f"prefix {self.match}, {self.segments} {noun}"
 
 
 @dataclass
@@ -215,8 +215,23 @@ def parse_policy(data: bytes, source: str) -> Policy:
         raw_rules = []
     rules: list[Rule] = []
     names: dict[str, int] = {}
+    # Prefixes of equal length that differ match disjoint sets of IDs, so
+    # two rules tie for some ID exactly when they match the same way. Ties
+    # are looked for among all rules whose match parses, so that one run
+    # reports every problem.
+    claimed: dict[tuple[Kind, str], str] = {}
     for index, raw in enumerate(raw_rules, start=1):
-        rule = _parse_rule(raw, index, errors)
+        rule, label, matched = _parse_rule(raw, index, errors)
+        if matched is not None:
+            kind, key, _ = matched
+            other = claimed.get((kind, key))
+            if other is not None:
+                errors.append(
+                    f"{other} and {label} both match {raw['match']} and are "
+                    "equally specific; merge them or make one more specific"
+                )
+            else:
+                claimed[(kind, key)] = label
         if rule is None:
             continue
         if rule.name in names:
@@ -227,31 +242,18 @@ def parse_policy(data: bytes, source: str) -> Policy:
             continue
         names[rule.name] = index
         rules.append(rule)
-    _refuse_ties(rules, errors)
     if errors:
         raise PolicyError(source, errors)
     return Policy(tuple(rules), source, digest)
 
 
-def _refuse_ties(rules: list[Rule], errors: list[str]) -> None:
-    # Prefixes of equal length that differ match disjoint sets of IDs, so
-    # two rules tie for some ID exactly when they match the same way.
-    seen: dict[tuple[Kind, str], Rule] = {}
-    for rule in rules:
-        other = seen.get((rule.kind, rule.key))
-        if other is not None:
-            errors.append(
-                f"rules {other.name!r} and {rule.name!r} both match {rule.match} "
-                "and are equally specific; merge them or make one more specific"
-            )
-        else:
-            seen[(rule.kind, rule.key)] = rule
-
-
-def _parse_rule(raw: object, index: int, errors: list[str]) -> Rule | None:
+def _parse_rule(
+    raw: object, index: int, errors: list[str]
+) -> tuple[Rule | None, str, tuple[Kind, str, int] | None]:
+    """One rule, its label for messages, and how it matches (if it parses)."""
     if not isinstance(raw, dict):
         errors.append(f"rule #{index}: must be a table ([[rule]])")
-        return None
+        return None, f"rule #{index}", None
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         label = f"rule #{index}"
@@ -297,9 +299,9 @@ def _parse_rule(raw: object, index: int, errors: list[str]) -> Rule | None:
         description = ""
     errors.extend(f"{label}: {p}" for p in problems)
     if problems or name is None or matched is None:
-        return None
+        return None, label, matched
     kind, key, segments = matched
-    return Rule(
+    rule = Rule(
         name=name,
         index=index,
         match=raw["match"],
@@ -314,6 +316,7 @@ def _parse_rule(raw: object, index: int, errors: list[str]) -> Rule | None:
         jit=flags["jit"],
         description=description,
     )
+    return rule, label, matched
 
 
 def _match(value: object, problems: list[str]) -> tuple[Kind, str, int] | None:
