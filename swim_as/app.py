@@ -139,7 +139,12 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         self_registration=settings.registration.self_registration,
     )
     lifecycle = build_lifecycle(
-        settings, db=db, clock=clock, repository=repository, registration=registration
+        settings,
+        db=db,
+        clock=clock,
+        repository=repository,
+        registration=registration,
+        lookup=directory.get,
     )
     authenticator = ClientAuthenticator(
         trust, directory.get, on_missing_client=lifecycle.jit

@@ -266,7 +266,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         from swim_as.storage.models import AuditRow
 
-        query = select(AuditRow).order_by(AuditRow.id.desc()).limit(args.limit)
+        # By time: batched records (token.issued, …) are written after
+        # records of later changes, but carry the time of their event.
+        query = (
+            select(AuditRow)
+            .order_by(AuditRow.at.desc(), AuditRow.id.desc())
+            .limit(args.limit)
+        )
         if args.client:
             query = query.where(AuditRow.client_id == args.client)
         if args.event:
@@ -420,4 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m swim_as.cli`: run the package's module, not this copy, so
+    # that its CliError is the one the commands raise.
+    from swim_as.cli import main as package_main
+
+    sys.exit(package_main())

@@ -9,12 +9,14 @@ policy file watcher, the last-seen writer and the idle-client job.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from swim_as.clients.controlled import ControlledRegistration
 from swim_as.clients.iat import InitialAccessTokens
 from swim_as.clients.jit import JustInTime
 from swim_as.clients.lifecycle import ExpiryJob, SeenTracker
+from swim_as.clients.model import Client
 from swim_as.clients.registration import RegistrationService
 from swim_as.clients.statements import (
     StatementConfigError,
@@ -85,6 +87,7 @@ def build_lifecycle(
     clock: Clock,
     repository: SqlClientRepository,
     registration: RegistrationService,
+    lookup: Callable[[str], Awaitable[Client | None]] | None = None,
 ) -> Lifecycle:
     """Construct the lifecycle services.
 
@@ -105,7 +108,9 @@ def build_lifecycle(
             default_audience=tokens.default_audience,
             lifetime=tokens.lifetime_seconds,
         )
-        jit = JustInTime(lambda: current.current, registration)
+        jit = JustInTime(
+            lambda: current.current, registration, lookup or repository.get
+        )
     else:
         decider = OperatorGrants(tokens.default_audience, tokens.lifetime_seconds)
 

@@ -104,12 +104,15 @@ class ControlledRegistration:
                 missing=True,
                 detail="registration without an SVID, a token or a statement",
             )
-        validated = self._registration.validate(body, caller)
-        if validated.spiffe_id is not None and validated.spiffe_id.endswith("/*"):
+        # Checked before the metadata rules, which would refuse the JWT-SVID
+        # method a wildcard needs and hide the reason. (A wildcard
+        # tls_client_auth_san_uri is bad metadata whoever sends it.)
+        wanted = body.get("spiffe_id")
+        if isinstance(wanted, str) and wanted.endswith("/*"):
             raise AccessDenied(
                 "a wildcard registration needs an initial access token or a "
                 "software statement",
-                detail=f"{caller} asked for {validated.spiffe_id!r} with its SVID only",
+                detail=f"{caller} asked for {wanted!r} with its SVID only",
             )
         refusal = self._self_refusal(caller)
         if refusal is not None:

@@ -16,7 +16,7 @@ JIT client gets no scope of its own: what it may have comes from the rule.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from swim_as.clients.metadata import validate_metadata
 from swim_as.clients.model import TLS_CLIENT_AUTH, Client
@@ -34,9 +34,11 @@ class JustInTime:
         self,
         policy: Callable[[], Policy],
         registration: RegistrationService,
+        lookup: Callable[[str], Awaitable[Client | None]],
     ) -> None:
         self._policy = policy
         self._registration = registration
+        self._lookup = lookup
         self._flights: dict[str, asyncio.Future[Client]] = {}
 
     async def __call__(self, svid: VerifiedX509Svid) -> Client | None:
@@ -45,6 +47,13 @@ class JustInTime:
         if rule is None or not rule.jit:
             return None
         flight = self._flights.get(spiffe_id)
+        if flight is None:
+            # A request whose lookup overlapped a finished creation: read
+            # again rather than write again.
+            existing = await self._lookup(spiffe_id)
+            if existing is not None:
+                return existing
+            flight = self._flights.get(spiffe_id)
         if flight is None:
             flight = asyncio.ensure_future(self._create(spiffe_id, rule.name))
             self._flights[spiffe_id] = flight

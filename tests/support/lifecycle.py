@@ -1,0 +1,77 @@
+"""Helpers for lifecycle tests: the CLI as a subprocess, audit queries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from swim_as.clients.admin import ClientAdmin
+from swim_as.storage.models import AuditRow
+from tests.support.harness import Running
+
+
+def cli_config(server: Running, folder: Path) -> Path:
+    """A TOML file for `swim-as` administration commands on the server's DB."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cli.toml"
+    path.write_text(
+        f'issuer = "{server.issuer}"\n'
+        f"[database]\n"
+        f'url = "{server.settings.database.url}"\n'
+        f"[tokens]\n"
+        f'default_audience = "{server.settings.tokens.default_audience}"\n'
+        f"[logging]\n"
+        f'format = "text"\n'
+    )
+    return path
+
+
+async def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``swim-as ARGS --config CONFIG`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIM_AS_")}
+    env["USER"] = "test-operator"
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "swim_as.cli", *args, "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+async def audit_events(
+    server: Running, *, client_id: str | None = None, prefix: str = ""
+) -> list[AuditRow]:
+    """Audit records (after flushing the hot-path buffer), oldest first."""
+    await server.services.audit.flush()
+    query = select(AuditRow).order_by(AuditRow.id)
+    if client_id is not None:
+        query = query.where(AuditRow.client_id == client_id)
+    if prefix:
+        query = query.where(AuditRow.event.startswith(prefix))
+    async with server.services.db.reading() as session:
+        return list((await session.scalars(query)).all())
+
+
+def admin(server: Running, actor: str = "operator:test") -> ClientAdmin:
+    s = server.services
+    return ClientAdmin(
+        s.db,
+        s.clients,
+        s.registration,
+        s.clock,
+        enabled_methods=frozenset({"tls_client_auth", "spiffe_x509"}),
+        actor=actor,
+    )
