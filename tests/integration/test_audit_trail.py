@@ -17,7 +17,14 @@ import pytest
 
 from tests.support import harness
 from tests.support.harness import Running, running_server
-from tests.support.lifecycle import admin, audit_events, cli_config, json_lines, run_cli
+from tests.support.lifecycle import (
+    InProcessCli,
+    admin,
+    audit_events,
+    cli_config,
+    json_lines,
+    run_cli,
+)
 from tests.support.postgres import create_database
 
 TD = "spiffe://example.org"
@@ -45,8 +52,14 @@ async def server(
         yield running
 
 
-async def test_every_step_is_in_the_trail(server: Running, tmp_path: Path) -> None:
+async def test_every_step_is_in_the_trail(
+    server: Running,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     config = cli_config(server, tmp_path)
+    cli = InProcessCli(config, capsys, monkeypatch)
     audit = server.services.audit
 
     # An operator makes an initial access token (CLI).
@@ -105,7 +118,7 @@ async def test_every_step_is_in_the_trail(server: Running, tmp_path: Path) -> No
     await admin(server, "operator:alice").set_disabled(JIT, False)
 
     # The token is revoked; the policy file is broken; the worker leaves.
-    revoked = await run_cli(config, "iat", "revoke", iat["id"])
+    revoked = await cli("iat", "revoke", iat["id"])
     assert revoked.returncode == 0, revoked.stderr
     policy = server.settings.policy.file
     assert policy is not None
@@ -146,9 +159,18 @@ async def test_every_step_is_in_the_trail(server: Running, tmp_path: Path) -> No
     assert iat["token"] not in out.stdout
     assert reg["registration_access_token"] not in out.stdout
 
-    worker_trail = json_lines(
-        (await run_cli(config, "audit", "--client", WORKER, "--json")).stdout
-    )
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    # The filters (in this process: the child process above covers the
+    # installed command).
+    by_worker = await cli("audit", "--client", WORKER, "--json")
+    by_event = await cli("audit", "--event", "client_auth.", "--json")
+    by_actor = await cli("audit", "--actor", "operator:alice", "--json")
+    newest = await cli("audit", "--limit", "2", "--json")
+    from_later = await cli("audit", "--since", later)
+    until_an_hour_ago = await cli("audit", "--until", "1h")
+    recent = await cli("audit", "--since", "1h", "--event", "policy.")
+    wrong = await cli("audit", "--since", "yesterday")
+    worker_trail = json_lines(by_worker.stdout)
     assert [e["event"] for e in worker_trail] == [
         "client.registered",
         "iat.used",
@@ -159,34 +181,19 @@ async def test_every_step_is_in_the_trail(server: Running, tmp_path: Path) -> No
     assert worker_trail[0]["actor"] == f"iat:{iat['id']}"
     assert worker_trail[0]["detail"]["caller"] == CONTROLLER
     assert worker_trail[3]["detail"]["after"]["client_name"] == "worker v2"
-    failures = json_lines(
-        (await run_cli(config, "audit", "--event", "client_auth.", "--json")).stdout
-    )
+    failures = json_lines(by_event.stdout)
     assert failures[-1]["actor"] == WORKER
     assert "!= SVID" in failures[-1]["detail"]["reason"]
-    by_alice = json_lines(
-        (await run_cli(config, "audit", "--actor", "operator:alice", "--json")).stdout
-    )
-    assert [(e["event"], e["client_id"]) for e in by_alice] == [
+    assert [(e["event"], e["client_id"]) for e in json_lines(by_actor.stdout)] == [
         ("client.disabled", JIT),
         ("client.enabled", JIT),
     ]
-    newest = json_lines(
-        (await run_cli(config, "audit", "--limit", "2", "--json")).stdout
-    )
-    assert [e["event"] for e in newest] == events[-2:]
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    assert (await run_cli(config, "audit", "--since", later)).stdout == ""
-    assert (await run_cli(config, "audit", "--until", "1h")).stdout == ""
-    recent = await run_cli(config, "audit", "--since", "1h", "--event", "policy.")
+    assert [e["event"] for e in json_lines(newest.stdout)] == events[-2:]
+    assert from_later.stdout == "" and until_an_hour_ago.stdout == ""
     assert recent.returncode == 0
     lines = recent.stdout.splitlines()
-    assert (
-        len(lines) == 2
-        and "policy.loaded" in lines[0]
-        and "policy.rejected" in lines[1]
-    )
-    wrong = await run_cli(config, "audit", "--since", "yesterday")
+    assert len(lines) == 2
+    assert "policy.loaded" in lines[0] and "policy.rejected" in lines[1]
     assert wrong.returncode == 2 and "not a time" in wrong.stderr
 
 

@@ -25,7 +25,13 @@ from sqlalchemy import select
 from swim_as.storage.models import ClientRow, InitialAccessTokenRow
 from tests.support import harness
 from tests.support.harness import Running, running_server
-from tests.support.lifecycle import audit_events, cli_config, json_lines, run_cli
+from tests.support.lifecycle import (
+    InProcessCli,
+    audit_events,
+    cli_config,
+    json_lines,
+    run_cli,
+)
 from tests.support.postgres import create_database
 
 TD = "spiffe://example.org"
@@ -212,9 +218,13 @@ async def test_repeating_a_registration_returns_the_same_client(
 
 
 async def test_the_iat_cli_creates_lists_and_revokes(
-    server: Running, tmp_path: Path
+    server: Running,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = cli_config(server, tmp_path)
+    cli = InProcessCli(config, capsys, monkeypatch)
     created = await run_cli(
         config,
         "iat",
@@ -236,20 +246,20 @@ async def test_the_iat_cli_creates_lists_and_revokes(
     assert made["token"] not in created.stderr
     r = await register(server, wildcard_body(f"{TD}/ns/cli/sub/*"), iat=made["token"])
     assert r.status_code == 201, r.text
-    listed = await run_cli(config, "iat", "list", "--json")
+    listed = await cli("iat", "list", "--json")
     entry = next(e for e in json_lines(listed.stdout) if e["id"] == made["id"])
     assert (entry["uses"], entry["created_by"]) == (1, "operator:test-operator")
     assert "token" not in entry
-    revoked = await run_cli(config, "iat", "revoke", made["id"])
+    revoked = await cli("iat", "revoke", made["id"])
     assert revoked.returncode == 0 and f"revoked: {made['id']}" in revoked.stdout
     again = await register(
         server, wildcard_body(f"{TD}/ns/cli/other/*"), iat=made["token"]
     )
     assert (again.status_code, again.json()["error"]) == (401, "invalid_token")
     assert 'error="invalid_token"' in again.headers["www-authenticate"]
-    missing = await run_cli(config, "iat", "revoke", "iat-000000000000")
+    missing = await cli("iat", "revoke", "iat-000000000000")
     assert missing.returncode == 2 and "no such initial access token" in missing.stderr
-    bad = await run_cli(config, "iat", "create", "--pattern", "spiffe://example.org")
+    bad = await cli("iat", "create", "--pattern", "spiffe://example.org")
     assert bad.returncode == 2 and "names a trust domain" in bad.stderr
 
 
