@@ -57,9 +57,16 @@ class JustInTime:
         if flight is None:
             flight = asyncio.ensure_future(self._create(spiffe_id, rule.name))
             self._flights[spiffe_id] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(spiffe_id, None))
+            flight.add_done_callback(lambda done: self._landed(spiffe_id, done))
         # shield: a request that goes away must not cancel the others' creation.
         return await asyncio.shield(flight)
+
+    def _landed(self, spiffe_id: str, flight: asyncio.Future[Client]) -> None:
+        self._flights.pop(spiffe_id, None)
+        if not flight.cancelled():
+            # Every waiter may have gone; the error still reached the log
+            # of the request that saw it, so mark it as retrieved.
+            flight.exception()
 
     async def _create(self, spiffe_id: str, rule: str) -> Client:
         validated = validate_metadata(
