@@ -25,7 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from swim_as.cli import CliError, _settings, _setup_logging
+from swim_as import cli
+from swim_as.cli import CliError, _settings
 
 ConfigAdder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -104,7 +105,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     settings = None
     if args.config or os.environ.get("SWIM_AS_CONFIG"):
         settings = _settings(args)
-    _setup_logging(settings, "text")
+    cli._setup_logging(settings, "text")
     path = args.policy or (settings.policy.file if settings else None)
     if path is None:
         raise CliError(
@@ -173,7 +174,7 @@ async def _lookup_client(url: str, client_id: str) -> Any:
 
 def cmd_iat(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _setup_logging(settings, "text")
+    cli._setup_logging(settings, "text")
 
     async def work() -> int:
         from swim_as.clients.iat import IatNotFound, InitialAccessTokens

@@ -191,7 +191,7 @@ class ControlledRegistration:
                 "event": "client.registered_by_controller",
                 "client_id": client_id,
                 "actor": actor,
-                "created": registration.created,
+                "client_created": registration.created,
             },
         )
         return registration

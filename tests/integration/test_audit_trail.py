@@ -22,12 +22,16 @@ from tests.support.lifecycle import (
     admin,
     audit_events,
     cli_config,
+    info_logs,  # noqa: F401 (fixture)
     json_lines,
     run_cli,
 )
 from tests.support.postgres import create_database
 
 TD = "spiffe://example.org"
+
+# Every log call runs, as in production (INFO).
+pytestmark = pytest.mark.usefixtures("info_logs")
 WORKER = f"{TD}/ns/trail/sa/worker"
 JIT = f"{TD}/ns/trail/sa/newcomer"
 CONTROLLER = f"{TD}/ns/platform/sa/controller"

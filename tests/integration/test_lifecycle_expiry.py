@@ -23,10 +23,20 @@ from swim_as.storage.migrate import upgrade
 from swim_as.storage.models import AuditRow, ClientRow
 from tests.support import harness
 from tests.support.harness import Running, running_server
-from tests.support.lifecycle import admin, audit_events, cli_config, json_lines, run_cli
+from tests.support.lifecycle import (
+    admin,
+    audit_events,
+    cli_config,
+    info_logs,  # noqa: F401 (fixture)
+    json_lines,
+    run_cli,
+)
 from tests.support.postgres import create_database
 
 TD = "spiffe://example.org"
+
+# Every log call runs, as in production (INFO).
+pytestmark = pytest.mark.usefixtures("info_logs")
 IDLE = f"{TD}/ns/expiry/sa/idle"
 BUSY = f"{TD}/ns/expiry/sa/busy"
 HELD = f"{TD}/ns/expiry/sa/held"

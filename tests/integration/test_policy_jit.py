@@ -21,10 +21,17 @@ from sqlalchemy import func, select
 from swim_as.storage.models import AuditRow, ClientRow
 from tests.support import harness
 from tests.support.harness import Running, running_server
-from tests.support.lifecycle import admin, audit_events
+from tests.support.lifecycle import (
+    admin,
+    audit_events,
+    info_logs,  # noqa: F401 (fixture)
+)
 from tests.support.postgres import create_database
 
 TD = "spiffe://example.org"
+
+# Every log call runs, as in production (INFO).
+pytestmark = pytest.mark.usefixtures("info_logs")
 
 POLICY = f"""
 [[rule]]

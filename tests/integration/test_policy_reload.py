@@ -24,9 +24,13 @@ from swim_as.storage.db import Database
 from swim_as.storage.models import AuditRow
 from tests.support import harness
 from tests.support.harness import Running, running_server
+from tests.support.lifecycle import info_logs  # noqa: F401 (fixture)
 from tests.support.postgres import create_database
 
 TD = "spiffe://example.org"
+
+# Every log call runs, as in production (INFO).
+pytestmark = pytest.mark.usefixtures("info_logs")
 SID = f"{TD}/ns/reload/sa/app"
 
 

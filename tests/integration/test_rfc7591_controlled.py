@@ -29,12 +29,16 @@ from tests.support.lifecycle import (
     InProcessCli,
     audit_events,
     cli_config,
+    info_logs,  # noqa: F401 (fixture)
     json_lines,
     run_cli,
 )
 from tests.support.postgres import create_database
 
 TD = "spiffe://example.org"
+
+# Every log call runs, as in production (INFO).
+pytestmark = pytest.mark.usefixtures("info_logs")
 CONTROLLER = f"{TD}/ns/platform/sa/controller"
 STATEMENT_ISSUER = "https://controller.example.org"
 LIMITED_ISSUER = "https://limited.example.org"

@@ -11,10 +11,17 @@ import pytest
 
 from swim_as.clients.tombstones import DeletedClients, issued_before_deletion
 from tests.support.harness import Running
-from tests.support.lifecycle import admin, audit_events
+from tests.support.lifecycle import (
+    admin,
+    audit_events,
+    info_logs,  # noqa: F401 (fixture)
+)
 from tests.support.pki import Svid
 
 TD = "spiffe://example.org"
+
+# Every log call runs, as in production (INFO).
+pytestmark = pytest.mark.usefixtures("info_logs")
 
 
 @pytest.fixture

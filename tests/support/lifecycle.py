@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,12 @@ from sqlalchemy import select
 from swim_as.clients.admin import ClientAdmin
 from swim_as.storage.models import AuditRow
 from tests.support.harness import Running
+
+
+@pytest.fixture
+def info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """swim-as logs at INFO, as in production, so that every log call runs."""
+    caplog.set_level(logging.INFO, logger="swim_as")
 
 
 def cli_config(server: Running, folder: Path) -> Path:

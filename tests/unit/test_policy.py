@@ -351,6 +351,10 @@ def test_policy_check_command(
 def test_policy_explain_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import swim_as.cli
+
+    # The command configures the root logger; keep pytest's handlers.
+    monkeypatch.setattr(swim_as.cli, "_setup_logging", lambda *a, **k: None)
     monkeypatch.delenv("SWIM_AS_CONFIG", raising=False)
     path = tmp_path / "policy.toml"
     path.write_bytes(POLICY)
