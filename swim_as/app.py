@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from swim_as.clientauth.authenticate import ClientAuthenticator
+from swim_as.clientauth.authenticate import ClientAuthenticator, MissingClientHook
 from swim_as.clientauth.base import Credential, Finder, MethodAuthenticator
 from swim_as.clientauth.client_keys import ClientKeys
 from swim_as.clientauth.client_secret import ClientSecretAuthenticator
@@ -70,7 +70,6 @@ from swim_as.errors import (
     TemporarilyUnavailable,
 )
 from swim_as.grants.client_credentials import ClientCredentialsGrant
-from swim_as.grants.decision import OperatorGrants
 from swim_as.http.discovery import (
     JWKS_PATH,
     METADATA_PATH,
@@ -89,6 +88,7 @@ from swim_as.http.responses import error_parts, log_refusal
 from swim_as.http.token import TokenEndpoint
 from swim_as.keys.crypto import KeyDecryptionError
 from swim_as.keys.keyring import Keyring, KeyRotator, RotationPolicy, follow_keys
+from swim_as.lifecycle import SEEN_TASK, Lifecycle, build_lifecycle, start_lifecycle
 from swim_as.observability.audit import AuditBuffer
 from swim_as.serving_cert import ServingCertificate
 from swim_as.settings import FORWARDED_SOURCES, KEY_RELOAD_SECONDS, Settings
@@ -200,6 +200,7 @@ class Services:
     self_signed: SelfSignedCertificates
     handshake: HandshakeStore
     assertions: SqlAssertionLog
+    lifecycle: Lifecycle
     serving_cert: ServingCertificate | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -267,17 +268,6 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         handshake.include(self_signed.certificates)
         db.subscribe(self_signed.on_change)
 
-    authenticator = _client_authenticator(
-        settings,
-        clock,
-        trust,
-        directory,
-        wildcards,
-        refresher,
-        client_keys,
-        assertions,
-        audit,
-    )
     check_jwks_uri, check_destination = _jwks_uri_checks(fetcher)
     registration = RegistrationService(
         db,
@@ -288,6 +278,26 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         self_registration=settings.registration.self_registration,
         check_jwks_uri=check_jwks_uri,
         check_destination=check_destination,
+    )
+    lifecycle = build_lifecycle(
+        settings,
+        db=db,
+        clock=clock,
+        repository=repository,
+        registration=registration,
+        lookup=directory.get,
+    )
+    authenticator = _client_authenticator(
+        settings,
+        clock,
+        trust,
+        directory,
+        wildcards,
+        refresher,
+        client_keys,
+        assertions,
+        audit,
+        on_missing_client=lifecycle.jit,
     )
     return Services(
         settings=settings,
@@ -312,6 +322,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         handshake=handshake,
         assertions=assertions,
         serving_cert=serving_certificate(settings, trust_sources),
+        lifecycle=lifecycle,
     )
 
 
@@ -355,6 +366,8 @@ def _client_authenticator(
     client_keys: ClientKeys,
     assertions: SqlAssertionLog,
     audit: AuditBuffer,
+    *,
+    on_missing_client: MissingClientHook | None = None,
 ) -> ClientAuthenticator:
     """One authenticator per enabled method, in a registry by method name."""
     auth = settings.client_auth
@@ -393,7 +406,13 @@ def _client_authenticator(
     for method in (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST):
         if method in enabled:
             methods.append(ClientSecretAuthenticator(method, audit))
-    return ClientAuthenticator(trust, directory.get, methods=methods, finders=finders)
+    return ClientAuthenticator(
+        trust,
+        directory.get,
+        methods=methods,
+        finders=finders,
+        on_missing_client=on_missing_client,
+    )
 
 
 def _jwks_uri_checks(
@@ -551,14 +570,16 @@ async def _start_following(services: Services, tls: HandshakeTrust | None) -> No
                 stop=stop,
             ),
             name="swim-as-keys",
-        )
+        ),
     )
+    services.tasks += await start_lifecycle(services.lifecycle, services.settings, stop)
 
 
 async def stop(services: Services) -> None:
     services.stop.set()
     for task in services.tasks:
-        if task.get_name() == "swim-as-audit":
+        # These write what is still queued when they see the stop.
+        if task.get_name() in ("swim-as-audit", SEEN_TASK):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, timeout=5)
         task.cancel()
@@ -766,9 +787,9 @@ def create_listener_apps(
         openapi_url=None,
     )
     api.state.services = services
-    decider = OperatorGrants(
-        settings.tokens.default_audience, settings.tokens.lifetime_seconds
-    )
+    # The policy decider when a policy file is configured, else the
+    # operator's grants (D8).
+    decider = services.lifecycle.decider
     minter = TokenMinter(settings.issuer, services.keyring, services.clock)
     token = TokenEndpoint(
         services.authenticator,
@@ -784,6 +805,7 @@ def create_listener_apps(
             if settings.mesh is not None and settings.mesh.proxy_validates
             else None
         ),
+        on_issued=services.lifecycle.seen.record,
     )
     discovery = DiscoveryRoutes(
         lambda: services.metadata,
@@ -796,6 +818,7 @@ def create_listener_apps(
         services.management,
         services.authenticator,
         max_body=settings.server.max_body_bytes,
+        controlled=services.lifecycle.controlled,
     )
     api.add_route(METADATA_PATH, discovery.metadata, methods=["GET"])
     api.add_route(OPENID_PATH, discovery.metadata, methods=["GET"])

@@ -6,7 +6,10 @@
     swim-as clients  add|add-key-client|add-secret-client|list|show|grant|
                      revoke|disable|enable|delete
     swim-as keys     list|rotate
-    swim-as audit    [--client ID] [--event NAME] [--json]
+    swim-as policy   check FILE | explain SPIFFE_ID   (swim_as.cli_lifecycle)
+    swim-as iat      create|list|revoke               (swim_as.cli_lifecycle)
+    swim-as audit    [--client ID] [--event NAME] [--actor A] [--since T]
+                     [--until T] [--limit N] [--json]
 
 Settings are read once, here, from ``--config`` and ``SWIM_AS_*`` variables,
 and passed down.
@@ -130,6 +133,11 @@ def _require_schema(settings: Settings) -> None:
     from swim_as.storage.schema import schema_problem
 
     problem = asyncio.run(schema_problem(settings.database.url))
+    if problem:
+        raise CliError(problem)
+    from swim_as.lifecycle import lifecycle_problem
+
+    problem = lifecycle_problem(settings)
     if problem:
         raise CliError(problem)
 
@@ -345,20 +353,38 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from swim_as.cli_lifecycle import parse_time
+
     settings = _settings(args)
     _setup_logging(settings, "text")
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1")
 
-    async def work(services: Any) -> int:
+    async def work(db: Any) -> int:
         from sqlalchemy import select
 
         from swim_as.storage.models import AuditRow
 
-        query = select(AuditRow).order_by(AuditRow.id.desc()).limit(args.limit)
+        # By time: batched records (token.issued, …) are written after
+        # records of later changes, but carry the time of their event.
+        query = (
+            select(AuditRow)
+            .order_by(AuditRow.at.desc(), AuditRow.id.desc())
+            .limit(args.limit)
+        )
         if args.client:
             query = query.where(AuditRow.client_id == args.client)
         if args.event:
             query = query.where(AuditRow.event.startswith(args.event, autoescape=True))
-        async with services.db.reading() as session:
+        if args.actor:
+            query = query.where(AuditRow.actor.startswith(args.actor, autoescape=True))
+        if since is not None:
+            query = query.where(AuditRow.at >= since)
+        if until is not None:
+            query = query.where(AuditRow.at < until)
+        async with db.reading() as session:
             rows = list((await session.scalars(query)).all())
         for row in reversed(rows):
             entry = {
@@ -381,7 +407,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 )
         return 0
 
-    return _run(settings, work)
+    async def main() -> int:
+        # Only the database: reading the trail needs no keys or policy.
+        from swim_as.storage.db import Database
+
+        db = Database(settings.database.url)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
 
 
 def _warn_unknown_trust_domains(settings: Settings, ids: Sequence[str]) -> None:
@@ -512,9 +548,20 @@ def build_parser() -> argparse.ArgumentParser:
     audit = with_config(sub.add_parser("audit", help="list audit records"))
     audit.add_argument("--client", help="only records about this client_id")
     audit.add_argument("--event", help="only events starting with this (e.g. client.)")
-    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument(
+        "--actor", help="only records by actors starting with this (e.g. iat:)"
+    )
+    audit.add_argument(
+        "--since", help="from this time: ISO 8601 (UTC if no offset) or 2h, 7d ago"
+    )
+    audit.add_argument("--until", help="before this time (same forms as --since)")
+    audit.add_argument("--limit", type=int, default=100, help="newest N (100)")
     audit.add_argument("--json", action="store_true", help="JSON lines")
     audit.set_defaults(func=cmd_audit)
+
+    from swim_as.cli_lifecycle import add_commands
+
+    add_commands(sub, with_config)
     return parser
 
 
@@ -541,4 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m swim_as.cli`: run the package's module, not this copy, so
+    # that its CliError is the one the commands raise.
+    from swim_as.cli import main as package_main
+
+    sys.exit(package_main())

@@ -193,6 +193,15 @@ class InsufficientScope(OAuthError):
     error = "insufficient_scope"
     status_code = 403
 
+    def headers(self) -> dict[str, str]:
+        # RFC 6750 §3: the challenge names the error on a refused token.
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="swim-as", error="{self.error}", '
+                f'error_description="{self.description}"'
+            )
+        }
+
 
 class AccessDenied(OAuthError):
     """The caller may not do this."""

@@ -668,6 +668,70 @@ class ClientAuthSettings(_Section):
         return bool({"client_secret_basic", "client_secret_post"} & set(self.methods))
 
 
+class PolicySettings(_Section):
+    """Which workload may get which scopes, audiences and lifetime (D8)."""
+
+    file: Path | None = Field(
+        None,
+        description=(
+            "TOML policy file (format in the README). Without one, clients get "
+            "only operator-granted scopes and tokens.default_audience. Reloaded "
+            "when it changes; a bad file keeps the last good policy."
+        ),
+    )
+
+
+class LifecycleSettings(_Section):
+    """Idle clients are disabled, then deleted, by a background job."""
+
+    disable_after_seconds: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Disable a client that obtained no token (and was not changed) for "
+            "this long; 0: never. At least 600 when set."
+        ),
+    )
+    delete_after_seconds: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Delete a client this long after the job disabled it; 0: never. "
+            "Clients an operator disabled are left alone."
+        ),
+    )
+    check_every_seconds: int = Field(
+        60, ge=1, description="How often the job looks for idle clients."
+    )
+    seen_flush_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How often token use is written to the database (batched).",
+    )
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> LifecycleSettings:
+        # Token use reaches the database in batches (up to a minute late),
+        # so a shorter idle time could disable a client that is in use.
+        if 0 < self.disable_after_seconds < 600:
+            raise ValueError("lifecycle.disable_after_seconds must be 0 or >= 600")
+        return self
+
+
+class SoftwareStatementIssuerSettings(_Section):
+    """An issuer whose software statements (RFC 7591 §2.3) are accepted."""
+
+    issuer: str = Field(description="The statement's `iss`, compared exactly.")
+    jwks_file: Path = Field(description="The issuer's public keys as a JWK Set.")
+    spiffe_id_patterns: list[str] = Field(
+        default_factory=list,
+        description=(
+            "SPIFFE IDs or `/*` patterns its statements may register; empty: any."
+        ),
+    )
+
+
 class LoggingSettings(_Section):
     """Operator logs (the `swim_as.*` loggers)."""
 
@@ -704,6 +768,11 @@ class Settings(BaseSettings):
     registration: RegistrationSettings = RegistrationSettings()
     client_auth: ClientAuthSettings = ClientAuthSettings()
     logging: LoggingSettings = LoggingSettings()
+    policy: PolicySettings = PolicySettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    software_statement_issuers: list[SoftwareStatementIssuerSettings] = Field(
+        default_factory=list
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -865,6 +934,16 @@ class Settings(BaseSettings):
             raise ValueError("tls.source = workload_api needs workload_api.socket")
         return self
 
+    @model_validator(mode="after")
+    def _unique_statement_issuers(self) -> Settings:
+        names = [i.issuer for i in self.software_statement_issuers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"software statement issuer listed twice: {', '.join(duplicates)}"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -911,6 +990,7 @@ _PATH_KEYS = {
     "tls": ("cert_file", "key_file"),
     "keys": ("encryption_key_file",),
     "client_auth": ("jwks_uri_ca_file",),
+    "policy": ("file",),
 }
 _TRUST_PATH_KEYS = ("bundle_file", "jwt_bundle_file", "bundle_endpoint_ca_file")
 
@@ -929,6 +1009,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     for domain in data.get("trust_domains") or []:
         if isinstance(domain, dict):
             fix(domain, _TRUST_PATH_KEYS)
+    for issuer in data.get("software_statement_issuers") or []:
+        if isinstance(issuer, dict):
+            fix(issuer, ("jwks_file",))
     database = data.get("database")
     if isinstance(database, dict):
         url = database.get("url")

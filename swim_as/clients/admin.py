@@ -151,6 +151,7 @@ class ClientAdmin:
                 raise ClientNotFound(client_id)
             row.disabled = disabled
             row.disabled_at = now if disabled else None
+            row.disabled_reason = "operator" if disabled else None
             row.updated_at = now
             record_audit(
                 tx,
@@ -169,7 +170,7 @@ class ClientAdmin:
             row = await self._repository.get_row(tx, client_id)
             if row is None:
                 raise ClientNotFound(client_id)
-            await self._repository.delete(tx, client_id)
+            await self._repository.delete(tx, client_id, at=now)
             record_audit(
                 tx,
                 "client.deleted",

@@ -48,6 +48,9 @@ class ClientDirectory:
         self._size = size
         self._watched = watched
         self._entries: OrderedDict[str, tuple[Client | None, float]] = OrderedDict()
+        # Bumped by every invalidation: a read that overlapped one may hold
+        # what was true before the change, so its answer is not cached.
+        self._generation = 0
 
     async def get(self, client_id: str) -> Client | None:
         """The client, from the cache when it is fresh enough."""
@@ -55,7 +58,10 @@ class ClientDirectory:
         entry = self._entries.get(client_id)
         if entry is not None and entry[1] > now:
             return entry[0]
+        generation = self._generation
         client = await self._reader.get(client_id)
+        if generation != self._generation:
+            return client
         if client is not None:
             ttl = POSITIVE_TTL if self._watched() else UNWATCHED_TTL
         else:
@@ -68,6 +74,7 @@ class ClientDirectory:
 
     def invalidate(self, client_id: str | None = None) -> None:
         """Drop one entry, or all of them (``None``)."""
+        self._generation += 1
         if client_id is None:
             self._entries.clear()
         else:

@@ -31,7 +31,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -44,16 +44,18 @@ from swim_as.clients.metadata import (
     validate_metadata,
 )
 from swim_as.clients.model import Client
+from swim_as.clients.statements import stored_statement_metadata
 from swim_as.clock import Clock
 from swim_as.errors import (
     AccessDenied,
     InvalidClientMetadata,
     InvalidRequest,
+    InvalidSoftwareStatement,
     InvalidToken,
 )
 from swim_as.observability.audit import record_audit
 from swim_as.storage.clients import SqlClientRepository, to_client
-from swim_as.storage.db import Database
+from swim_as.storage.db import Database, Transaction
 
 log = logging.getLogger("swim_as.registration")
 
@@ -124,11 +126,18 @@ class RegistrationService:
         return f"{self._issuer}/register/{quote(client_id, safe='')}"
 
     def validate(
-        self, body: Mapping[str, Any], caller_spiffe_id: str | None
+        self,
+        body: Mapping[str, Any],
+        caller_spiffe_id: str | None,
+        *,
+        also_methods: frozenset[str] = frozenset(),
     ) -> ValidatedMetadata:
+        """RFC 7591 §2 rules; ``also_methods`` widens the enabled methods
+        (a client keeps the method it registered, a controller may register
+        JWT-SVID clients)."""
         return validate_metadata(
             body,
-            enabled_methods=self._enabled_methods,
+            enabled_methods=self._enabled_methods | also_methods,
             caller_spiffe_id=caller_spiffe_id,
             check_jwks_uri=self._check_jwks_uri,
         )
@@ -147,10 +156,10 @@ class RegistrationService:
         """Refuse, over HTTP, registrations that need a registration authority.
 
         A key-based or secret client has no SVID to prove who it is, so
-        nothing ties the registration to its caller. Such clients are
-        created by :meth:`register_other` on behalf of an operator; an
-        initial access token (RFC 7591 §3) will open this to platform
-        controllers.
+        nothing ties the registration to its caller, and an initial access
+        token's SPIFFE ID patterns cannot say which such clients a
+        controller may create. They are created by :meth:`register_other`
+        on behalf of an operator (``swim-as clients add-key-client``).
 
         A method that is not enabled is left to :meth:`validate`, which
         calls it unsupported.
@@ -164,8 +173,8 @@ class RegistrationService:
         if isinstance(method, str) and method in needs_authority:
             raise AccessDenied(
                 f"{method} clients are registered by an operator "
-                "(swim-as clients add-key-client), not by self-registration",
-                detail=f"self-registration asked for {method}",
+                "(swim-as clients add-key-client), not over HTTP",
+                detail=f"POST /register asked for {method}",
             )
 
     async def register_self(
@@ -255,10 +264,15 @@ class RegistrationService:
         granted_scopes: tuple[str, ...] = (),
         event: str = "client.registered",
         secret_hash: str | None = None,
+        audit_detail: Mapping[str, Any] | None = None,
+        also: Callable[[Transaction, bool], Awaitable[None]] | None = None,
     ) -> Registration:
         """Insert the client unless it exists; either way, return it.
 
         Only a newly created client comes with a registration access token.
+        ``audit_detail`` is added to the creation's audit record; ``also``
+        runs inside the same transaction (told whether the client was
+        created), so what it writes commits or vanishes with the client.
         """
         token = secrets.token_urlsafe(32)
         now = self._clock.now()
@@ -288,10 +302,13 @@ class RegistrationService:
                     detail={
                         "metadata": validated.metadata,
                         "granted_scopes": sorted(set(granted_scopes)),
+                        **(audit_detail or {}),
                     },
                     at=now,
                 )
                 tx.announce("client", client_id)
+            if also is not None:
+                await also(tx, created)
             row = await self._repository.get_row(tx, client_id)
         assert row is not None  # inserted or already there, in this transaction
         client = to_client(row)
@@ -411,9 +428,30 @@ class ManagementService:
                 "client_id does not match the registration",
                 detail=f"PUT for {client_id!r} carried client_id {sent_id!r}",
             )
+        if "client_secret" in body:
+            # §2.2: a sent secret must equal the issued one; none is issued.
+            raise InvalidRequest(
+                "client_secret must not be sent: this client has none",
+                detail=f"PUT for {client_id!r} carried client_secret",
+            )
+        fields = {
+            k: v
+            for k, v in body.items()
+            if k not in ("client_id", "software_statement")
+        }
+        statement = _kept_statement(client, body.get("software_statement"))
+        if statement is not None:
+            # RFC 7591 §2.3: the statement's values keep precedence.
+            fields.update(stored_statement_metadata(statement))
+        # The method the client registered stays valid for it.
         validated = self._reg.validate(
-            {k: v for k, v in body.items() if k != "client_id"}, client.spiffe_id
+            fields, client.spiffe_id, also_methods=frozenset({client.auth_method})
         )
+        if statement is not None:
+            validated = replace(
+                validated,
+                metadata={**validated.metadata, "software_statement": statement},
+            )
         if validated.spiffe_id != client.spiffe_id:
             raise InvalidClientMetadata(
                 "the client's identity cannot change",
@@ -464,7 +502,7 @@ class ManagementService:
         client = await self.authorise(client_id, manager)
         now = self._clock.now()
         async with self._db.transaction() as tx:
-            await self._repository.delete(tx, client_id)
+            await self._repository.delete(tx, client_id, at=now)
             record_audit(
                 tx,
                 "client.deleted",
@@ -482,6 +520,27 @@ class ManagementService:
                 "actor": manager.name,
             },
         )
+
+
+def _kept_statement(client: Client, sent: object) -> str | None:
+    """The software statement an update keeps (RFC 7592 §2.2, RFC 7591 §2.3).
+
+    The statement was verified at registration; an update may repeat it
+    (it was returned, so the full replacement carries it) or drop it, but
+    not swap in another, which would bypass its verification.
+
+    Raises:
+        InvalidSoftwareStatement: a different statement was sent.
+    """
+    if sent is None:
+        return None
+    if sent != client.metadata.get("software_statement"):
+        raise InvalidSoftwareStatement(
+            "a software statement cannot be replaced in an update",
+            detail=f"PUT for {client.client_id!r} carried another statement",
+        )
+    assert isinstance(sent, str)
+    return sent
 
 
 def token_matches(stored_hash: str | None, presented: str) -> bool:

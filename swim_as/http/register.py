@@ -1,9 +1,12 @@
 """Registration endpoints: RFC 7591 §3 and RFC 7592 §2.
 
-``POST /register`` takes a JSON object over mTLS; the client configuration
-endpoint ``/register/<client_id, percent-encoded>`` answers GET, PUT and
-DELETE for the holder of the registration access token (``Authorization:
-Bearer``, RFC 6750 §2.1) or of the client's own SVID.
+``POST /register`` takes a JSON object, from a workload presenting its SVID
+over mTLS, or from a controller presenting an initial access token
+(``Authorization: Bearer``) or a software statement
+(:mod:`swim_as.clients.controlled` decides who may register what). The
+client configuration endpoint ``/register/<client_id, percent-encoded>``
+answers GET, PUT and DELETE for the holder of the registration access token
+(``Authorization: Bearer``, RFC 6750 §2.1) or of the client's own SVID.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from swim_as.clientauth.authenticate import ClientAuthenticator
+from swim_as.clients.controlled import ControlledRegistration
 from swim_as.clients.registration import (
     ManagementService,
     Manager,
@@ -44,22 +48,35 @@ class RegistrationRoutes:
         authenticator: ClientAuthenticator,
         *,
         max_body: int,
+        controlled: ControlledRegistration | None = None,
     ) -> None:
         self._registration = registration
         self._management = management
         self._authenticator = authenticator
         self._max_body = max_body
+        self._controlled = controlled
 
     async def register(self, request: Request) -> Response:
-        """RFC 7591 §3.1: register the caller's own SPIFFE ID."""
-        # The body is size-bounded and parsed strictly, so reading it before
-        # the caller is known is safe, and lets a key-based registration
-        # learn that only an operator adds such clients.
-        body = await self._json_object(request)
-        self._registration.refuse_unauthorised(body)
-        caller = self._caller_spiffe_id(request, required=True)
-        assert caller is not None
-        registration = await self._registration.register_self(body, caller)
+        """RFC 7591 §3.1: register a client (the caller's own, or others')."""
+        if self._controlled is None:
+            # The body is size-bounded and parsed strictly, so reading it
+            # before the caller is known is safe, and lets a key-based
+            # registration learn that only an operator adds such clients.
+            body = await self._json_object(request)
+            self._registration.refuse_unauthorised(body)
+            caller = self._caller_spiffe_id(request, required=True)
+            assert caller is not None
+            registration = await self._registration.register_self(body, caller)
+        else:
+            # RFC 7591 §3: an initial access token rides as a Bearer token.
+            initial_access_token = _bearer(request)
+            body = await self._json_object(request)
+            caller = self._caller_spiffe_id(request, required=False)
+            registration = await self._controlled.register(
+                body,
+                caller_spiffe_id=caller,
+                initial_access_token=initial_access_token,
+            )
         return JSONResponse(
             self._registration.response(registration),
             status_code=201 if registration.created else 200,
@@ -99,7 +116,7 @@ class RegistrationRoutes:
     def _caller_spiffe_id(self, request: Request, *, required: bool) -> str | None:
         certificate = request.scope.get(CERTIFICATE)
         if certificate is None:
-            if not required:
+            if not required and CERTIFICATE_ERROR not in request.scope:
                 return None
             if CERTIFICATE_ERROR in request.scope:
                 raise InvalidRequest(

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from swim_as.clients.model import Client
 from swim_as.storage.db import Database, Transaction
-from swim_as.storage.models import ClientRow
+from swim_as.storage.models import ClientRow, ClientTombstoneRow
 
 
 def to_client(row: ClientRow) -> Client:
@@ -100,20 +100,55 @@ class SqlClientRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def delete(self, tx: Transaction, client_id: str) -> bool:
+    async def delete(
+        self, tx: Transaction, client_id: str, *, at: datetime | None = None
+    ) -> bool:
+        """Delete a client and leave its tombstone (RFC 7592 §2.3).
+
+        The tombstone says when: tokens of this ``client_id`` issued until
+        then belong to the deleted client (see :meth:`deleted_at`).
+        """
         result = await tx.session.execute(
             delete(ClientRow).where(ClientRow.client_id == client_id)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return False
+        when = at or datetime.now(UTC)
+        tombstone = await tx.session.get(ClientTombstoneRow, client_id)
+        if tombstone is None:
+            tx.session.add(ClientTombstoneRow(client_id=client_id, deleted_at=when))
+        else:
+            tombstone.deleted_at = max(tombstone.deleted_at, when)
+        return True
+
+    async def deleted_at(self, client_id: str) -> datetime | None:
+        """When a client with this id was last deleted, if ever."""
+        async with self._db.reading() as session:
+            row = await session.get(ClientTombstoneRow, client_id)
+            return row.deleted_at if row is not None else None
 
     async def touch_many(self, tx: Transaction, seen: dict[str, datetime]) -> None:
-        """Record when clients last obtained a token (batched)."""
-        for client_id, at in seen.items():
-            await tx.session.execute(
-                update(ClientRow)
-                .where(ClientRow.client_id == client_id)
-                .where(
-                    (ClientRow.last_seen_at.is_(None)) | (ClientRow.last_seen_at < at)
+        """Record when clients last obtained a token: one batched statement.
+
+        A row is only moved forward, so replicas flushing out of order never
+        set an older time.
+        """
+        if not seen:
+            return
+        # Core statement: executemany, not the ORM's bulk update by key.
+        table = cast(Table, ClientRow.__table__)
+        statement = (
+            update(table)
+            .where(table.c.client_id == bindparam("cid"))
+            .where(
+                or_(
+                    table.c.last_seen_at.is_(None),
+                    table.c.last_seen_at < bindparam("seen"),
                 )
-                .values(last_seen_at=at)
             )
+            .values(last_seen_at=bindparam("seen"))
+        )
+        connection = await tx.session.connection()
+        await connection.execute(
+            statement, [{"cid": cid, "seen": at} for cid, at in seen.items()]
+        )

@@ -93,8 +93,46 @@ class ClientRow(Base):
     # scrypt hash of a client secret (client_secret_* methods only); never
     # the secret itself.
     client_secret_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Why the client is disabled: "operator" or "expired" (the idle job);
+    # only clients the job disabled are deleted by it later.
+    disabled_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     __table_args__ = (Index("ix_clients_spiffe_id", "spiffe_id"),)
+
+
+class ClientTombstoneRow(Base):
+    """When a client was last deleted (RFC 7592 §2.3).
+
+    Access tokens are self-contained JWTs; a token of this ``client_id``
+    whose ``iat`` is not after ``deleted_at`` belongs to the deleted client
+    and must be reported inactive by introspection. A client re-created
+    with the same id keeps the tombstone, so old tokens stay dead.
+    """
+
+    __tablename__ = "client_tombstones"
+
+    client_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class InitialAccessTokenRow(Base):
+    """An initial access token (RFC 7591 §3): stored only as its hash."""
+
+    __tablename__ = "initial_access_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # SPIFFE IDs and "/*" patterns it may register.
+    patterns: Mapped[list[str]] = mapped_column(JSON)
+    # Scopes a client registered with it is granted (operator intent, D13).
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_by: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class SigningKeyRow(Base):
@@ -150,4 +188,5 @@ class AuditRow(Base):
         Index("ix_audit_events_at", "at"),
         Index("ix_audit_events_client_id", "client_id"),
         Index("ix_audit_events_event", "event"),
+        Index("ix_audit_events_actor", "actor"),
     )

@@ -183,4 +183,6 @@ async def test_identity_cannot_register(mesh: Mesh) -> None:
             f"{mesh.issuer}/register",
             json={"token_endpoint_auth_method": "spiffe_x509", "spiffe_id": sid},
         )
-    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    # No SVID and no initial access token: RFC 6750 §3.1, a bare challenge.
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer realm="swim-as"'

@@ -122,9 +122,12 @@ async def test_someone_else_refused(server: Running) -> None:
     assert (r.status_code, r.json()["error"]) == (403, "access_denied")
 
 
-async def test_without_certificate(server: Running) -> None:
+async def test_without_any_credential(server: Running) -> None:
+    """RFC 6750 §3.1: no SVID, no token, no statement → a bare challenge."""
     r = await server.register(None, self_body(f"{TD}/ns/reg/sa/anon"))
-    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer realm="swim-as"'
+    assert r.content == b""
 
 
 async def test_broken_svid_refused(server: Running) -> None:

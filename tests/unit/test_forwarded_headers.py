@@ -472,9 +472,7 @@ def test_forwarded_chain_keeps_intermediates(certs: Certs) -> None:
         # The PEM without its END line (a fixed cut: a cut inside a %-escape
         # would fail for another reason).
         (
-            lambda c: 'Cert="'
-            + escaped_pem(c.worker.cert).split("-----END")[0]
-            + '"',
+            lambda c: 'Cert="' + escaped_pem(c.worker.cert).split("-----END")[0] + '"',
             "PEM|outside",
         ),
     ],

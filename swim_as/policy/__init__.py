@@ -1,0 +1,1 @@
+"""Policy (D8): which workload may get which scopes, audiences and lifetime."""
