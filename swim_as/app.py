@@ -204,6 +204,8 @@ class Services:
     serving_cert: ServingCertificate | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by key change notifications; the key follower reloads once per set.
+    key_changes: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def rotation_policy(settings: Settings) -> RotationPolicy:
@@ -568,6 +570,7 @@ async def _start_following(services: Services, tls: HandshakeTrust | None) -> No
                 services.rotator,
                 poll_seconds=KEY_POLL_SECONDS,
                 stop=stop,
+                wake=services.key_changes,
             ),
             name="swim-as-keys",
         ),
@@ -577,6 +580,7 @@ async def _start_following(services: Services, tls: HandshakeTrust | None) -> No
 
 async def stop(services: Services) -> None:
     services.stop.set()
+    services.key_changes.set()
     for task in services.tasks:
         # These write what is still queued when they see the stop.
         if task.get_name() in ("swim-as-audit", SEEN_TASK):
@@ -592,9 +596,7 @@ async def stop(services: Services) -> None:
 def _key_listener(services: Services) -> Any:
     def on_change(topic: str, key: str) -> None:
         if topic in ("keys", "*"):
-            services.tasks.append(
-                asyncio.get_running_loop().create_task(services.keyring.load())
-            )
+            services.key_changes.set()
 
     return on_change
 

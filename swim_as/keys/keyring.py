@@ -447,13 +447,21 @@ async def follow_keys(
     *,
     poll_seconds: float,
     stop: asyncio.Event,
+    wake: asyncio.Event | None = None,
 ) -> None:
-    """Background task: reload on change, poll as a fallback, run rotation."""
+    """Background task: reload on change, poll as a fallback, run rotation.
+
+    ``wake`` is set by change notifications (and at stop); however many
+    arrive while a reload runs, they cause one more reload, not one each.
+    """
+    wake = wake or stop
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+            await asyncio.wait_for(wake.wait(), timeout=poll_seconds)
         if stop.is_set():
             return
+        if wake is not stop:
+            wake.clear()
         try:
             if rotator is not None:
                 await rotator.tick()
