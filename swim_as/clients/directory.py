@@ -11,6 +11,7 @@ client that does not exist does not become a stream of queries.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
@@ -19,6 +20,8 @@ from swim_as.clients.model import Client
 from swim_as.clock import Clock
 from swim_as.spiffe.errors import SpiffeIdError
 from swim_as.spiffe.ids import SpiffeId, SpiffeIdPattern
+
+log = logging.getLogger("swim_as.clients")
 
 # How long an entry is trusted without a notification. With a working
 # change feed this only matters if a notification is lost.
@@ -51,26 +54,74 @@ class ClientDirectory:
         # Bumped by every invalidation: a read that overlapped one may hold
         # what was true before the change, so its answer is not cached.
         self._generation = 0
+        self._reading: dict[str, asyncio.Future[Client | None]] = {}
+        self._refreshing: set[asyncio.Future[Client | None]] = set()
 
     async def get(self, client_id: str) -> Client | None:
-        """The client, from the cache when it is fresh enough."""
+        """The client, from the cache when it is fresh enough.
+
+        An entry past its time-to-live is still answered from while one
+        background read refreshes it (for at most one more time-to-live), so
+        the token path does not wait for the database every few seconds; an
+        invalidated entry is gone and is always read again.
+        """
         now = self._clock.time()
         entry = self._entries.get(client_id)
-        if entry is not None and entry[1] > now:
-            return entry[0]
+        if entry is not None:
+            client, fresh_until = entry
+            if fresh_until > now:
+                return client
+            if client is not None and now < fresh_until + self._ttl(client):
+                self._refresh_later(client_id)
+                return client
+        return await self._read(client_id)
+
+    async def _read(self, client_id: str) -> Client | None:
+        """Read through, one database read per client at a time."""
+        pending = self._reading.get(client_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
         generation = self._generation
-        client = await self._reader.get(client_id)
-        if generation != self._generation:
-            return client
-        if client is not None:
-            ttl = POSITIVE_TTL if self._watched() else UNWATCHED_TTL
-        else:
-            ttl = NEGATIVE_TTL
-        self._entries[client_id] = (client, now + ttl)
+        read = asyncio.ensure_future(self._reader.get(client_id))
+        self._reading[client_id] = read
+        try:
+            client = await asyncio.shield(read)
+        finally:
+            if self._reading.get(client_id) is read:
+                del self._reading[client_id]
+        if generation == self._generation:
+            self._store(client_id, client)
+        return client
+
+    def _refresh_later(self, client_id: str) -> None:
+        if client_id in self._reading:
+            return
+        task = asyncio.ensure_future(self._read(client_id))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Future[Client | None]) -> None:
+        self._refreshing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Keep serving the entry; the next request tries again.
+            log.warning(
+                "client refresh failed",
+                extra={
+                    "event": "clients.refresh_failed",
+                    "reason": repr(task.exception()),
+                },
+            )
+
+    def _ttl(self, client: Client | None) -> float:
+        if client is None:
+            return NEGATIVE_TTL
+        return POSITIVE_TTL if self._watched() else UNWATCHED_TTL
+
+    def _store(self, client_id: str, client: Client | None) -> None:
+        self._entries[client_id] = (client, self._clock.time() + self._ttl(client))
         self._entries.move_to_end(client_id)
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
-        return client
 
     def invalidate(self, client_id: str | None = None) -> None:
         """Drop one entry, or all of them (``None``)."""
