@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import functools
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
