@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -194,16 +194,21 @@ def _admin(services: Any) -> Any:
         services.registration,
         services.clock,
         enabled_methods=frozenset(enabled_methods(services.settings)),
-        actor=_operator(),
+        actor=operator_name(),
     )
 
 
-def _operator() -> str:
-    """Who runs the command, for the audit trail."""
+def operator_name() -> str:
+    """Who runs the command, for the audit trail.
+
+    The account of the process's user id, not $USER or $LOGNAME, which
+    anyone can set to anything.
+    """
+    uid = os.geteuid()
     try:
-        return f"operator:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"operator:uid-{os.getuid()}"
+        return f"operator:{pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"operator:uid-{uid}"
 
 
 def _client_json(client: Any) -> dict[str, Any]:
@@ -315,7 +320,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
             try:
                 kid = await services.rotator.rotate(
-                    actor=_operator(),
+                    actor=operator_name(),
                     immediately=args.now,
                 )
             except KeyDecryptionError as err:

@@ -65,7 +65,9 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def _actor() -> str:
-    return f"operator:{os.environ.get('USER', 'unknown')}"
+    from swim_as.cli import operator_name
+
+    return operator_name()
 
 
 def _words(values: Sequence[str] | None) -> list[str] | None:

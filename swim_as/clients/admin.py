@@ -129,6 +129,10 @@ class ClientAdmin:
                 raise ClientNotFound(client_id)
             before = sorted(row.granted_scopes or ())
             after = sorted((set(before) | set(add)) - set(remove))
+            if after == before:
+                # Nothing changes: no write, no audit record, and the idle
+                # clock (updated_at) keeps running.
+                return to_client(row)
             row.granted_scopes = after
             row.updated_at = now
             record_audit(

@@ -78,6 +78,15 @@ class PolicyFile:
         seen = _signature(self.path)
         self._policy = load_policy_file(self.path)
         self._seen = seen
+        log.info(
+            "policy in force",
+            extra={
+                "event": "policy.loaded",
+                "file": str(self.path),
+                "rules": len(self._policy.rules),
+                "sha256": self._policy.sha256,
+            },
+        )
         return self._policy
 
     def changed(self) -> bool:

@@ -160,13 +160,16 @@ class BundleUpdates:
             return False
 
         old_seq, old_jwt_seq = _sequence(state.x509), _sequence(state.jwt)
-        for new, old, kind in ((x509, state.x509, "X.509"), (jwt, state.jwt, "JWT")):
+        for new, old, kind, same in (
+            (x509, state.x509, "X.509", new_x509 == old_x509),
+            (jwt, state.jwt, "JWT", new_jwt == old_jwt),
+        ):
             if (
                 new is not None
                 and old is not None
                 and new.sequence is not None
                 and new.sequence == old.sequence
-                and not same_keys
+                and not same
             ):
                 log.warning(
                     "%s bundle content changed without a new spiffe_sequence",
@@ -195,11 +198,14 @@ class BundleUpdates:
             "skipped": skipped,
         }
         log.info(
-            "bundle updated: %d X.509 authorities, %d JWT keys (sequence %s -> %s)",
+            "bundle updated: %d X.509 authorities (sequence %s -> %s), "
+            "%d JWT keys (sequence %s -> %s)",
             len(new_x509),
-            len(new_jwt),
             old_seq,
             detail["new_sequence"],
+            len(new_jwt),
+            old_jwt_seq,
+            detail["new_jwt_sequence"],
             extra={"event": "bundle.updated", **detail},
         )
         self._record("bundle.updated", detail)
