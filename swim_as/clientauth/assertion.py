@@ -229,6 +229,13 @@ def _json_part(part: str, name: str) -> dict[str, Any]:
         ) from err
     if not isinstance(value, dict):
         raise AssertionRefused(f"the {name} is not a JSON object", reason="malformed")
+    try:
+        # JSON admits lone surrogates ("\ud800"), which are no text.
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise AssertionRefused(
+            f"the {name} holds invalid Unicode", reason="malformed"
+        ) from None
     return value
 
 

@@ -40,7 +40,7 @@ from swim_as.clientauth.base import (
     Finder,
     MethodAuthenticator,
 )
-from swim_as.clientauth.client_secret import parse_basic
+from swim_as.clientauth.client_secret import parse_basic, refuse_unknown
 from swim_as.clientauth.presented import PresentedCertificate
 from swim_as.clientauth.x509 import X509SvidAuthenticator, verify_svid
 from swim_as.clients.model import Client
@@ -107,6 +107,14 @@ def presented_credential(credentials: Credentials) -> Credential:
             )
         return kind
     if header:
+        assert credentials.authorization is not None
+        scheme = credentials.authorization.strip().partition(" ")[0]
+        if scheme.lower() != "basic":
+            # Bearer, DPoP, ...: not client authentication (RFC 6749 §2.3).
+            raise InvalidRequest(
+                "unsupported authorization scheme at the token endpoint",
+                detail=f"Authorization scheme {scheme[:40]!r}",
+            )
         return Credential.BASIC
     if secret:
         return Credential.POST
@@ -237,7 +245,7 @@ class ClientAuthenticator:
                 "client_id does not match the credentials",
                 detail=f"form client_id {credentials.client_id!r} != {client_id!r}",
             )
-        return Claim(await self._known(client_id), secret)
+        return Claim(await self._known_for_secret(client_id, secret), secret)
 
     async def _by_form_secret(self, credentials: Credentials) -> Claim:
         """RFC 6749 §2.3.1: client_id and client_secret in the body."""
@@ -245,9 +253,19 @@ class ClientAuthenticator:
             raise InvalidRequest(
                 "client_id is required", detail="client_secret without client_id"
             )
+        assert credentials.client_secret is not None
         return Claim(
-            await self._known(credentials.client_id), credentials.client_secret
+            await self._known_for_secret(
+                credentials.client_id, credentials.client_secret
+            ),
+            credentials.client_secret,
         )
+
+    async def _known_for_secret(self, client_id: str, secret: str) -> Client:
+        client = await self._lookup(client_id)
+        if client is None:
+            raise await refuse_unknown(client_id, secret)
+        return client
 
     async def _known(self, client_id: str) -> Client:
         client = await self._lookup(client_id)

@@ -68,6 +68,21 @@ def hash_secret(secret: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
     return "$".join((SCHEME, str(n), str(r), str(p), _b64(salt), _b64(digest)))
 
 
+_DECOY: list[str] = []
+
+
+async def refuse_unknown(client_id: str, presented: str) -> InvalidClient:
+    """The refusal for a secret sent for a client that does not exist.
+
+    It costs what checking a real secret costs and reads the same, so that
+    timing and wording do not tell which client_ids exist.
+    """
+    if not _DECOY:
+        _DECOY.append(hash_secret(new_secret()))
+    await asyncio.to_thread(verify_secret, _DECOY[0], presented)
+    return InvalidClient(detail=f"no client registered as {client_id[:200]!r}")
+
+
 def verify_secret(stored: str | None, presented: str) -> bool:
     """Whether ``presented`` is the secret ``stored`` was made from.
 

@@ -299,7 +299,7 @@ def check_agreement(
         ).value
     except x509.ExtensionNotFound:
         sans = x509.SubjectAlternativeName([])
-    except ValueError as err:
+    except (ValueError, x509.DuplicateExtension) as err:
         raise ForwardedHeaderError(
             f"XFCC: the certificate's SANs do not parse: {err}"
         ) from err

@@ -164,6 +164,10 @@ def _client_key(entry: object, where: str, require_x5c: bool) -> ClientKey | Non
     certificate = _certificate(entry, where, public_key)
     if require_x5c and certificate is None:
         raise JwkError(f"{where} has no x5c certificate")
+    if require_x5c and certificate is not None and _is_authority(certificate):
+        # A registered certificate joins the TLS handshake's store, where a
+        # CA would become an anchor for certificates it signs.
+        raise JwkError(f"{where} has a CA certificate in x5c; a client's own is needed")
     return ClientKey(kid, public_key, algorithms, certificate)
 
 
@@ -233,6 +237,27 @@ def _certificate(
     if _spki(presented) != _spki(public_key):
         raise JwkError(f"{where} key members do not match its x5c certificate")
     return der
+
+
+def _is_authority(der: bytes) -> bool:
+    """Whether a certificate may sign others (cA, or keyCertSign)."""
+    certificate = x509.load_der_x509_certificate(der)
+    try:
+        if certificate.extensions.get_extension_for_class(
+            x509.BasicConstraints
+        ).value.ca:
+            return True
+    except x509.ExtensionNotFound:
+        pass
+    except (ValueError, x509.DuplicateExtension):
+        return True  # not parseable as a plain leaf: refuse
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    except (ValueError, x509.DuplicateExtension):
+        return True
+    return bool(usage.key_cert_sign)
 
 
 def _spki(key: object) -> bytes:

@@ -92,12 +92,22 @@ class AddressPolicy:
     def refusal(self, address: IPAddress) -> str | None:
         """Why ``address`` is refused, or ``None`` when it is allowed."""
         if isinstance(address, ipaddress.IPv6Address):
-            # An IPv4 address in IPv6 clothing is judged as the IPv4 one.
+            # An IPv4 address in IPv6 clothing is judged as the IPv4 one:
+            # mapped (::ffff:0:0/96), 6to4, NAT64 (RFC 6052, where a
+            # translator reaches the IPv4 address, private ones included)
+            # and the deprecated IPv4-compatible form (::/96).
             embedded = address.ipv4_mapped or address.sixtofour
+            packed = int(address)
+            if embedded is None and address in _NAT64_WELL_KNOWN:
+                embedded = ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+            if embedded is None and packed >> 32 == 0 and packed > 1:
+                embedded = ipaddress.IPv4Address(packed)
             if embedded is not None:
                 return self.refusal(embedded)
             if address.teredo is not None:
                 return "a tunnelled"
+            if address in _NAT64_LOCAL or address.is_site_local:
+                return "a non-public"
         if address in METADATA_ADDRESSES:
             return "a cloud metadata"
         if address.is_unspecified:
@@ -115,6 +125,11 @@ class AddressPolicy:
         if not address.is_global:
             return "a non-public"
         return None
+
+
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+# RFC 8215: local-use translation prefix, may reach any IPv4 network.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 def check_url(url: str, policy: AddressPolicy) -> SplitResult:

@@ -26,6 +26,7 @@ cannot be true for methods that never see a certificate of the client.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,13 @@ def validate_metadata(
         InvalidClientMetadata: a member is malformed, contradictory or
             belongs to a flow swim-as does not serve.
     """
+    try:
+        # Statement claims join the body after its own parse: check again.
+        json.dumps(dict(body), ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError:
+        raise InvalidClientMetadata(
+            "metadata holds invalid Unicode", detail="a lone surrogate escape"
+        ) from None
     out: dict[str, Any] = {}
     _refuse_other_flows(body)
     out["grant_types"] = _grant_types(body)

@@ -300,7 +300,7 @@ class RegistrationService:
                     actor=actor,
                     client_id=client_id,
                     detail={
-                        "metadata": validated.metadata,
+                        "metadata": _auditable(validated.metadata),
                         "granted_scopes": sorted(set(granted_scopes)),
                         **(audit_detail or {}),
                     },
@@ -481,7 +481,10 @@ class ManagementService:
                 "client.updated",
                 actor=manager.name,
                 client_id=client_id,
-                detail={"before": dict(client.metadata), "after": validated.metadata},
+                detail={
+                    "before": _auditable(client.metadata),
+                    "after": _auditable(validated.metadata),
+                },
                 at=now,
             )
             row = await self._repository.get_row(tx, client_id)
@@ -508,7 +511,7 @@ class ManagementService:
                 "client.deleted",
                 actor=manager.name,
                 client_id=client_id,
-                detail={"metadata": dict(client.metadata)},
+                detail={"metadata": _auditable(client.metadata)},
                 at=now,
             )
             tx.announce("client", client_id)
@@ -541,6 +544,15 @@ def _kept_statement(client: Client, sent: object) -> str | None:
         )
     assert isinstance(sent, str)
     return sent
+
+
+def _auditable(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata for an audit record: a software statement by its digest."""
+    statement = metadata.get("software_statement")
+    if not isinstance(statement, str):
+        return dict(metadata)
+    digest = hashlib.sha256(statement.encode()).hexdigest()
+    return {**metadata, "software_statement": f"sha256:{digest}"}
 
 
 def token_matches(stored_hash: str | None, presented: str) -> bool:

@@ -226,6 +226,18 @@ class StatementVerifier:
         self._check_audience(verified, issuer.issuer)
         metadata = {k: v for k, v in verified.items() if k not in JWT_CLAIMS}
         metadata.pop("software_statement", None)
+        if not (
+            isinstance(metadata.get("spiffe_id"), str)
+            or isinstance(metadata.get("tls_client_auth_san_uri"), str)
+        ) or not isinstance(metadata.get("token_endpoint_auth_method"), str):
+            # A statement is a bearer credential: anyone who sees it can
+            # send it again. Pinning the identity and the method means a
+            # replay can only register what the issuer signed for.
+            raise InvalidSoftwareStatement(
+                "the software statement must name the client's SPIFFE ID and "
+                "token_endpoint_auth_method",
+                detail=f"statement of {issuer.issuer!r} pins no identity",
+            )
         return VerifiedStatement(issuer, metadata, statement)
 
     @staticmethod
@@ -250,6 +262,8 @@ class StatementVerifier:
                         "verify_iat": False,
                         "verify_aud": False,
                         "verify_iss": False,
+                        "verify_sub": False,
+                        "verify_jti": False,
                     },
                 )
             except (jwt.PyJWTError, ValueError, TypeError):

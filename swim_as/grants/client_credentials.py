@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from swim_as.clientauth.authenticate import AuthenticatedClient
 from swim_as.clients.model import CLIENT_CREDENTIALS
-from swim_as.errors import InvalidClient, InvalidGrant, UnauthorizedClient
+from swim_as.errors import InvalidClient, UnauthorizedClient
 from swim_as.grants.decision import AccessDecider, Decision
 from swim_as.tokens.minter import IssuedToken, TokenMinter
 
@@ -66,7 +66,11 @@ class ClientCredentialsGrant:
                 x5t_s256=certificate.thumbprint if certificate is not None else None,
             )
         except ValueError as err:
-            raise InvalidGrant(
-                "credential expires too soon", detail=f"{client.client_id}: {err}"
+            # The SVID or assertion that authenticated the client ends now
+            # (it passed only within the clock leeway): an authentication
+            # problem, RFC 6749 §5.2 invalid_client.
+            raise InvalidClient(
+                "client credential expires too soon",
+                detail=f"{client.client_id}: {err}",
             ) from err
         return token, decision

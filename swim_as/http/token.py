@@ -158,6 +158,14 @@ class TokenEndpoint:
                 and credentials.client_assertion is None
                 and credentials.client_assertion_type is None
             ):
+                if (
+                    credentials.authorization is not None
+                    or credentials.client_secret is not None
+                ):
+                    raise InvalidRequest(
+                        "only one client authentication method may be used",
+                        detail="a forwarded identity and another credential",
+                    )
                 return await self._forwarded_identity(identity, client_id)
         return await self._authenticator.authenticate(credentials)
 

@@ -318,6 +318,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_UINT64_MAX = 2**64 - 1
+
+
 def _optional_count(
     document: dict[str, Any], member: str, trust_domain: TrustDomain
 ) -> int | None:
@@ -327,6 +330,10 @@ def _optional_count(
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise _error(trust_domain, f"{member!r} must be a non-negative integer", "json")
+    if value > _UINT64_MAX:
+        # The bundle format's numbers are 64-bit; a larger sequence would
+        # make every later, honest bundle look like a rollback.
+        raise _error(trust_domain, f"{member!r} is larger than 2^64 - 1", "json")
     return value
 
 

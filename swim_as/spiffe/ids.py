@@ -110,7 +110,12 @@ def _check_path(path: str, *, shown: str, what: str) -> None:
 
 
 def _check_length(text: str, *, shown: str, what: str) -> None:
-    if len(text) > MAX_SPIFFE_ID_BYTES or len(text.encode()) > MAX_SPIFFE_ID_BYTES:
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON's "\ud800") is no character at all.
+        raise _fail(what, shown, "not valid Unicode text", "path_char") from None
+    if len(text) > MAX_SPIFFE_ID_BYTES or len(encoded) > MAX_SPIFFE_ID_BYTES:
         raise _fail(
             what,
             shown,

@@ -221,6 +221,11 @@ def _json_part(part: str, name: str) -> dict[str, Any]:
         raise _malformed(f"the {name} is not base64url JSON ({err})") from err
     if not isinstance(value, dict):
         raise _malformed(f"the {name} is not a JSON object")
+    try:
+        # JSON admits lone surrogates ("\ud800"), which are no text.
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise _malformed(f"the {name} holds invalid Unicode") from None
     return value
 
 

@@ -15,6 +15,19 @@ from swim_as.storage.db import Database, Transaction
 from swim_as.storage.models import ClientRow, ClientTombstoneRow
 
 
+def storable(text: str) -> bool:
+    """Whether both databases can hold ``text``: no NUL (PostgreSQL refuses
+    it in text) and no lone surrogate (not UTF-8). No such client can
+    exist, so a lookup for one finds nothing instead of failing."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def to_client(row: ClientRow) -> Client:
     return Client(
         client_id=row.client_id,
@@ -37,16 +50,22 @@ class SqlClientRepository:
         self._db = db
 
     async def get(self, client_id: str) -> Client | None:
+        if not storable(client_id):
+            return None
         async with self._db.reading() as session:
             row = await session.get(ClientRow, client_id)
             return to_client(row) if row is not None else None
 
     async def get_stored(self, client_id: str) -> ClientRow | None:
         """The row itself (with the token hash), detached, for checks."""
+        if not storable(client_id):
+            return None
         async with self._db.reading() as session:
             return await session.get(ClientRow, client_id)
 
     async def get_row(self, tx: Transaction, client_id: str) -> ClientRow | None:
+        if not storable(client_id):
+            return None
         return await tx.session.get(ClientRow, client_id, with_for_update=True)
 
     async def wildcard_clients(self) -> list[Client]:

@@ -222,8 +222,12 @@ async def test_basic_refusals_are_401(
         "wrong-secret": basic(client_id, secret + "x"),
         "unknown-client": basic("nobody", secret),
         "malformed": "Basic not-base64!",
-        "other-scheme": "Bearer " + secret,
     }.get(case)
+    if case == "other-scheme":
+        # Bearer is no client authentication (RFC 6749 §2.3): a bad request.
+        r = await post_token(legacy, headers={"authorization": "Bearer " + secret})
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+        return
     if case == "post-for-basic":
         r = await post_token(legacy, client_id=client_id, client_secret=secret)
         assert (r.status_code, r.json()["error"]) == (400, "invalid_client")

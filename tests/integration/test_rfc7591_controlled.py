@@ -408,6 +408,32 @@ def statement_claims(**claims: Any) -> dict[str, Any]:
     return {"iss": STATEMENT_ISSUER, "iat": now, "exp": now + 300, **claims}
 
 
+@pytest.mark.parametrize(
+    "pinned",
+    [
+        {"client_name": "no identity"},
+        {"tls_client_auth_san_uri": f"{TD}/ns/stmt/sa/pinned"},
+        {"token_endpoint_auth_method": "tls_client_auth"},
+    ],
+    ids=["nothing", "identity-only", "method-only"],
+)
+async def test_statement_must_pin_identity_and_method(
+    server: Running, signers: dict[str, Signer], pinned: dict[str, str]
+) -> None:
+    """A statement is a bearer credential: one that pins no SPIFFE ID and
+    method could be replayed to register any ID its issuer may cover."""
+    statement = signers["controller"].sign(statement_claims(**pinned))
+    r = await register(
+        server,
+        {
+            "software_statement": statement,
+            "token_endpoint_auth_method": "tls_client_auth",
+            "tls_client_auth_san_uri": f"{TD}/ns/stmt/sa/chosen-by-the-sender",
+        },
+    )
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_software_statement")
+
+
 async def test_statement_registers_and_overrides_the_body(
     server: Running, signers: dict[str, Signer]
 ) -> None:

@@ -172,3 +172,43 @@ def test_refused(document: Any, message: str) -> None:
 def test_self_signed_needs_x5c() -> None:
     with pytest.raises(JwkError, match="no x5c certificate"):
         parse_client_jwks({"keys": [jwk_of(P256.public_key())]}, require_x5c=True)
+
+
+@pytest.mark.parametrize(
+    "ca,cert_sign",
+    [(True, True), (True, False), (False, True)],
+    ids=["ca", "ca-flag-only", "key-cert-sign-only"],
+)
+def test_self_signed_refuses_a_ca_certificate(ca: bool, cert_sign: bool) -> None:
+    """A registered certificate joins the handshake store: a CA there would
+    anchor every certificate it signs."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "would-be-ca")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(P256.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=cert_sign,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(P256, hashes.SHA256())
+    )
+    jwk = {**jwk_of(P256.public_key()), "x5c": x5c_of(cert)}
+    with pytest.raises(JwkError, match="CA certificate"):
+        parse_client_jwks({"keys": [jwk]}, require_x5c=True)
