@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +27,12 @@ from tests.support.bundle_server import BundleServer, bundle_bytes, bundle_serve
 from tests.support.harness import Running, running_server
 from tests.support.pki import Authority, Svid
 from tests.support.postgres import create_database
+from tests.support.trust import RecordingAudit as Audit
 from tests.support.trust import admin, audit_rows, readyz, token_status
 
 OTHER = TrustDomain("other.org")
 ENDPOINT_ID = "spiffe://other.org/spire/server"
 MAX_AGE = 600
-
-
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
-
-    def add(
-        self,
-        event: str,
-        *,
-        actor: str,
-        client_id: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.records.append((event, dict(detail or {})))
 
 
 class Rig:

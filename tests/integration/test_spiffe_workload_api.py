@@ -13,7 +13,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +35,11 @@ from swim_as.trust.store import TrustStore
 from tests.support import harness
 from tests.support.harness import free_port, make_settings
 from tests.support.pki import Authority, Svid
+from tests.support.trust import RecordingAudit as Audit
 from tests.support.workload_api import FakeWorkloadApi, svid_message
 
 EXAMPLE, OTHER = TrustDomain("example.org"), TrustDomain("other.org")
 SELF_ID = "spiffe://example.org/ns/auth/sa/swim-as"
-
-
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
-
-    def add(
-        self,
-        event: str,
-        *,
-        actor: str,
-        client_id: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.records.append((event, dict(detail or {})))
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:

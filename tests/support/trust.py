@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -10,6 +11,27 @@ from sqlalchemy import select
 from swim_as.clients.admin import ClientAdmin
 from swim_as.storage.models import AuditRow
 from tests.support.harness import Running
+
+
+class RecordingAudit:
+    """An audit sink that keeps (event, detail) in memory, for unit tests of
+    what a component reports; the database-backed sink is tested apart."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def add(
+        self,
+        event: str,
+        *,
+        actor: str,
+        client_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.records.append((event, dict(detail or {})))
+
+    def events(self) -> list[str]:
+        return [event for event, _ in self.records]
 
 
 async def audit_rows(services: Any, prefix: str) -> list[AuditRow]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,9 @@ from swim_as.trust.store import TrustStore
 from swim_as.trust.updates import BundleUpdates
 from tests.support.bundle_server import bundle_bytes, bundle_document
 from tests.support.pki import Authority
+from tests.support.trust import RecordingAudit as Audit
 
 TD = TrustDomain("example.org")
-
-
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
-
-    def add(
-        self,
-        event: str,
-        *,
-        actor: str,
-        client_id: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.records.append((event, dict(detail or {})))
-
-    def events(self) -> list[str]:
-        return [event for event, _ in self.records]
 
 
 @pytest.fixture(scope="module")
